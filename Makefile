@@ -1,0 +1,32 @@
+# Two commands are the contract (see README.md):
+#   make demo   -- set up the local venv, build the mini corpus, train the demo models
+#   make test   -- set up the local venv, lint, run the test suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+VPY := $(abspath $(VENV))/bin/python
+export PIP_CONSTRAINT := $(abspath constraints.txt)
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test lint test-fast clean-demo
+
+setup: $(STAMP)
+
+$(STAMP): setup.py constraints.txt requirements-dev.txt scripts/setup_venv.sh
+	bash scripts/setup_venv.sh "$(PYTHON)" "$(VENV)"
+	touch $(STAMP)
+
+lint: setup
+	$(VPY) -m ruff check fairseq_plugins manifests tests benchmarks scripts examples
+
+test: setup lint
+	$(VPY) -m pytest -ra tests
+
+test-fast: setup
+	$(VPY) -m pytest -ra -m "not slow" tests
+
+demo: setup
+	bash scripts/demo.sh "$(VPY)"
+
+clean-demo:
+	rm -rf demo_out

@@ -1,0 +1,1 @@
+"""Registered components; each submodule registers itself on import."""
