@@ -1,0 +1,1 @@
+"""nn.Modules shared by two or more methods (backbones, heads, front-ends)."""
