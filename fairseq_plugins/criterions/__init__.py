@@ -1,1 +1,4 @@
 """Registered components; each submodule registers itself on import."""
+from fairseq_plugins.criterions import (  # noqa: F401
+    soft_dtw,
+)

@@ -1,3 +1,6 @@
 """Registered components; each submodule registers itself on import."""
-from fairseq_plugins.models import hubert_ctc_compat  # noqa: F401
-from fairseq_plugins.models import wavlm  # noqa: F401
+from fairseq_plugins.models import (
+    hubert_ctc_compat,  # noqa: F401
+    laser_finetune,  # noqa: F401
+    wavlm,  # noqa: F401
+)

@@ -1,1 +1,4 @@
 """Registered components; each submodule registers itself on import."""
+from fairseq_plugins.tasks import (
+    laser_finetune,  # noqa: F401
+)

@@ -1,0 +1,1 @@
+"""Manifest-driven datasets and seeded waveform augmentations (no registration happens here)."""

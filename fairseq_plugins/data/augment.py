@@ -1,0 +1,555 @@
+"""Seeded waveform augmentations for multi-view self-supervised pre-training.
+
+Every augmentation is a small class with one interface, ``aug(wav, rng) -> wav``: ``wav`` is a 1-D float32
+numpy array at the augmentation's sample rate and ``rng`` a ``numpy.random.Generator`` that supplies all of
+its randomness (the same generator state gives the same output, in any process). The class attribute
+``keeps_alignment`` says whether sample ``i`` of the output still belongs to sample ``i`` of the input
+(same length, no time warping): additive noise, reverberation (direct path kept at lag 0), pitch shift
+(length kept), band-reject (zero-phase), time-drop and gain do; speed change and random crop do not. An
+:class:`AugmentationChain` applies a list of them, each with its own probability ``p``. Written for the
+positive-sample contrast + masked reconstruction method (Zhang, Liu, Niu, Chen, Qu; Journal on Communications
+2022, 43(7):163-171) and used by every method through the ``multiview_audio_pretraining`` task.
+
+Specs are short strings, one augmentation each (a config holds a ``List[str]``; one string may also hold
+several, separated by commas outside parentheses): ``name(key=value,...)``. A value is a number ``5``, a
+uniform range ``5:20``, a choice ``0.9|1.0|1.1``, or for ``kinds`` names joined by ``+``. Every augmentation
+takes ``p`` (probability of applying it, default 1). Example::
+
+    noise(snr=5:20,p=0.8)  reverb(rt60=0.2:0.8,p=0.3)  pitch(semitones=-2:2,p=0.5)  speed(factor=0.9|1.0|1.1)
+
+``python -m fairseq_plugins.data.augment --bench`` measures each augmentation's cost per second of audio.
+Nothing here imports fairseq, so the module is safe in data-loader workers.
+"""
+import argparse
+import logging
+import math
+import os
+import re
+import sys
+import time
+from typing import ClassVar, Dict, List, Optional, Sequence, Tuple, Type
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+MAX_SEED = 2 ** 63 - 1
+
+
+def seeded_rng(*keys: int) -> np.random.Generator:
+    """A generator seeded by a tuple of non-negative ints, e.g. ``(seed, epoch, index, view)``.
+
+    numpy hashes the whole tuple (SeedSequence), so neighbouring keys give independent streams and the same
+    keys give the same stream in every process (data-loader workers included).
+    """
+    ints = [int(k) for k in keys]
+    if any(k < 0 for k in ints):
+        raise ValueError(f"seed keys must be non-negative integers, got {keys}")
+    return np.random.default_rng(ints)
+
+
+class Value:
+    """A parameter drawn per call: a constant ``5``, a uniform range ``lo:hi`` or a choice ``a|b|c``."""
+
+    def __init__(self, lo: float, hi: Optional[float] = None, choices: Optional[Sequence[float]] = None):
+        self.lo = float(lo)
+        self.hi = float(lo if hi is None else hi)
+        self.choices = tuple(float(c) for c in choices) if choices else None
+        if self.hi < self.lo:
+            raise ValueError(f"range {self.lo}:{self.hi} is empty (low > high)")
+
+    @classmethod
+    def parse(cls, text: str, name: str = "value") -> "Value":
+        text = str(text).strip()
+        try:
+            if "|" in text:
+                return cls(0.0, choices=[float(t) for t in text.split("|")])
+            if ":" in text:
+                lo, hi = text.split(":")
+                return cls(float(lo), float(hi))
+            return cls(float(text))
+        except ValueError as e:
+            raise ValueError(
+                f"{name}={text!r}: expected a number, a range lo:hi or a choice a|b|c ({e})") from None
+
+    @property
+    def bounds(self) -> Tuple[float, float]:
+        return (min(self.choices), max(self.choices)) if self.choices else (self.lo, self.hi)
+
+    def sample(self, rng: np.random.Generator) -> float:
+        if self.choices:
+            return self.choices[int(rng.integers(len(self.choices)))]
+        if self.hi == self.lo:
+            return self.lo
+        return float(rng.uniform(self.lo, self.hi))
+
+    def sample_log(self, rng: np.random.Generator) -> float:
+        """Like :meth:`sample`, but a range is sampled log-uniformly (for frequencies)."""
+        if self.choices or self.hi == self.lo:
+            return self.sample(rng)
+        if self.lo <= 0:
+            raise ValueError(f"log-uniform range {self} needs a positive lower bound")
+        return float(math.exp(rng.uniform(math.log(self.lo), math.log(self.hi))))
+
+    def __repr__(self) -> str:
+        if self.choices:
+            return "|".join(f"{c:g}" for c in self.choices)
+        return f"{self.lo:g}" if self.lo == self.hi else f"{self.lo:g}:{self.hi:g}"
+
+
+class Augmentation:
+    """Base class. Subclasses set ``name``, ``keeps_alignment``, ``defaults`` (numeric parameters as spec
+    text) and implement ``__call__(wav, rng)``. ``context`` names the keyword arguments a subclass takes from
+    the chain's context (e.g. a noise manifest) rather than from its spec."""
+
+    name: ClassVar[str] = ""
+    keeps_alignment: ClassVar[bool] = True
+    defaults: ClassVar[Dict[str, str]] = {}
+    text_params: ClassVar[Tuple[str, ...]] = ()
+    context: ClassVar[Tuple[str, ...]] = ()
+
+    def __init__(self, sample_rate: int = 16000, **params):
+        unknown = sorted(set(params) - set(self.defaults))
+        if unknown:
+            raise ValueError(f"{self.name}: unknown parameter(s) {', '.join(unknown)}; "
+                             f"known: {', '.join(sorted(self.defaults)) or 'none'}, p")
+        self.sample_rate = int(sample_rate)
+        merged = {**self.defaults, **params}
+        self.params: Dict[str, Value] = {}
+        self.text: Dict[str, str] = {}
+        for key, val in merged.items():
+            if key in self.text_params:
+                self.text[key] = str(val)
+            else:
+                self.params[key] = val if isinstance(val, Value) else Value.parse(val, f"{self.name}.{key}")
+
+    def __call__(self, wav: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        raise NotImplementedError
+
+    def spec(self) -> str:
+        items = [f"{k}={v!r}" for k, v in self.params.items()] + [f"{k}={v}" for k, v in self.text.items()]
+        return f"{self.name}({','.join(items)})"
+
+    def __repr__(self) -> str:
+        return self.spec()
+
+
+def _rms(x: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) if len(x) else 0.0
+
+
+def _read_mono(path: str, sample_rate: int, start: int = 0, frames: int = -1) -> np.ndarray:
+    import soundfile as sf
+
+    x, sr = sf.read(path, start=start, frames=frames, dtype="float32", always_2d=True)
+    if sr != sample_rate:
+        raise ValueError(f"{path}: sample rate {sr} Hz, expected {sample_rate} Hz")
+    return x.mean(axis=1)
+
+
+class _Manifest:
+    """The audio files of a fairseq manifest (root line, then ``relpath<TAB>num_samples``)."""
+
+    def __init__(self, path: str, sample_rate: int):
+        from manifests.manifest_io import read_manifest
+
+        root, rows = read_manifest(path)
+        if not rows:
+            raise ValueError(f"{path}: the manifest lists no files")
+        self.path = path
+        self.files = [os.path.join(root, rel) for rel, _ in rows]
+        self.sizes = [int(n) for _, n in rows]
+        self.sample_rate = sample_rate
+
+    def random_segment(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """``n`` samples from a random file at a random offset (looped when the file is shorter)."""
+        i = int(rng.integers(len(self.files)))
+        size = self.sizes[i]
+        if size >= n:
+            start = int(rng.integers(0, size - n + 1))
+            x = _read_mono(self.files[i], self.sample_rate, start=start, frames=n)
+        else:
+            x = _read_mono(self.files[i], self.sample_rate)
+            x = np.roll(np.tile(x, n // max(1, len(x)) + 1), -int(rng.integers(0, max(1, len(x)))))
+        if len(x) < n:  # a manifest that overstates a file's length
+            x = np.pad(x, (0, n - len(x)))
+        return x[:n]
+
+    def random_file(self, rng: np.random.Generator) -> np.ndarray:
+        return _read_mono(self.files[int(rng.integers(len(self.files)))], self.sample_rate)
+
+
+class AdditiveNoise(Augmentation):
+    """Add noise at an SNR (dB) drawn from ``snr``. The noise is a random segment of a file of the noise
+    manifest when the chain has one (``noise_manifest``), else procedural noise of a random kind from
+    ``kinds`` (:func:`manifests.noise.make_noise`). SNR is measured over the whole input; a silent input
+    stays unchanged."""
+
+    name = "noise"
+    defaults = {"snr": "5:20", "kinds": "white+pink+brown+babble+hum+clicks+bandlimited"}
+    text_params = ("kinds",)
+    context = ("noise_manifest",)
+
+    def __init__(self, sample_rate: int = 16000, noise_manifest: Optional[str] = None, **params):
+        super().__init__(sample_rate, **params)
+        from manifests.noise import NOISE_KINDS
+
+        self.kinds = [k for k in self.text["kinds"].split("+") if k]
+        bad = [k for k in self.kinds if k not in NOISE_KINDS]
+        if bad or not self.kinds:
+            raise ValueError(f"noise: unknown kinds {bad or self.kinds}; choose from {'+'.join(NOISE_KINDS)}")
+        self.manifest = _Manifest(noise_manifest, sample_rate) if noise_manifest else None
+
+    def noise(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        if self.manifest is not None:
+            return self.manifest.random_segment(n, rng)
+        from manifests.noise import make_noise
+
+        kind = self.kinds[int(rng.integers(len(self.kinds)))]
+        return make_noise(kind, max(n, 64), rng, self.sample_rate)[:n]
+
+    def __call__(self, wav, rng):
+        noise = self.noise(len(wav), rng)
+        snr = self.params["snr"].sample(rng)
+        signal_rms, noise_rms = _rms(wav), _rms(noise)
+        if signal_rms <= 0 or noise_rms <= 0:
+            return wav.copy()
+        scale = signal_rms / (noise_rms * 10 ** (snr / 20))
+        return (wav + scale * noise).astype(np.float32)
+
+
+def synthetic_rir(rng: np.random.Generator, sample_rate: int, rt60: float, drr_db: float) -> np.ndarray:
+    """A synthetic room impulse response: a unit direct path at lag 0, a few sparse early reflections in the
+    first 3-30 ms, and a Gaussian tail decaying by 60 dB over ``rt60`` seconds that darkens with time
+    (air absorption); the reflections and tail together hold ``10**(-drr_db/10)`` of the direct energy."""
+    n = max(32, int(rt60 * sample_rate))
+    t = np.arange(n) / sample_rate
+    tail = rng.standard_normal(n) * np.exp(-3.0 * math.log(10.0) * t / rt60)
+    onset = int(rng.uniform(0.003, 0.010) * sample_rate)  # the diffuse tail starts after the first echoes
+    tail[: onset] *= np.linspace(0.0, 1.0, onset, endpoint=False) if onset else 1.0
+    # high frequencies die out faster: cross-fade from the white tail to a low-passed copy over rt60
+    from scipy.signal import lfilter
+
+    darker = lfilter([0.25], [1.0, -0.75], tail)
+    fade = np.clip(t / rt60, 0.0, 1.0)
+    tail = (1.0 - fade) * tail + fade * darker * 2.0
+    for _ in range(int(rng.integers(3, 9))):  # early reflections
+        lag = int(rng.uniform(0.003, 0.030) * sample_rate)
+        if lag < n:
+            tail[lag] += rng.choice([-1.0, 1.0]) * rng.uniform(0.2, 0.7)
+    tail[0] = 0.0
+    energy = float(np.sum(tail ** 2))
+    if energy > 0:
+        tail *= math.sqrt(10 ** (-drr_db / 10.0) / energy)
+    tail[0] = 1.0
+    return tail
+
+
+class Reverb(Augmentation):
+    """Convolve with a room impulse response, keeping the direct path at lag 0 (so alignment is kept) and the
+    input's RMS. RIRs are read from ``rir_manifest`` when the chain has one (each file is shifted so that
+    its peak is the direct path), else made by :func:`synthetic_rir` with ``rt60`` (s) and ``drr`` (dB)."""
+
+    name = "reverb"
+    defaults = {"rt60": "0.2:0.8", "drr": "0:10"}
+    context = ("rir_manifest",)
+
+    def __init__(self, sample_rate: int = 16000, rir_manifest: Optional[str] = None, **params):
+        super().__init__(sample_rate, **params)
+        self.manifest = _Manifest(rir_manifest, sample_rate) if rir_manifest else None
+
+    def rir(self, rng: np.random.Generator) -> np.ndarray:
+        if self.manifest is not None:
+            h = self.manifest.random_file(rng).astype(np.float64)
+            peak = int(np.argmax(np.abs(h)))
+            h = h[peak:]
+            return h / h[0]
+        rt60 = max(0.05, self.params["rt60"].sample(rng))
+        return synthetic_rir(rng, self.sample_rate, rt60, self.params["drr"].sample(rng))
+
+    def __call__(self, wav, rng):
+        from scipy.signal import oaconvolve
+
+        h = self.rir(rng)
+        y = oaconvolve(wav.astype(np.float64), h)[: len(wav)]
+        before, after = _rms(wav), _rms(y)
+        if after > 0:
+            y *= before / after
+        return y.astype(np.float32)
+
+
+class PitchShift(Augmentation):
+    """Shift the pitch by ``semitones`` keeping the length and the timing (librosa's phase vocoder + soxr
+    resampling, ``n_fft`` 512 / hop 128 at 16 kHz)."""
+
+    name = "pitch"
+    defaults = {"semitones": "-2:2"}
+
+    def __call__(self, wav, rng):
+        import librosa
+
+        steps = self.params["semitones"].sample(rng)
+        n_fft = 512 * max(1, self.sample_rate // 16000)
+        if abs(steps) < 1e-3 or len(wav) < 2 * n_fft:
+            return wav.copy()
+        y = librosa.effects.pitch_shift(wav, sr=self.sample_rate, n_steps=steps, res_type="soxr_hq",
+                                        n_fft=n_fft, hop_length=n_fft // 4)
+        return librosa.util.fix_length(y, size=len(wav)).astype(np.float32)
+
+
+class Speed(Augmentation):
+    """Play ``factor`` times faster (tempo and pitch together, like sox ``speed``) by soxr resampling; the
+    output has ``len / factor`` samples, so it does NOT keep alignment."""
+
+    name = "speed"
+    keeps_alignment = False
+    defaults = {"factor": "0.9:1.1"}
+
+    def __call__(self, wav, rng):
+        import soxr
+
+        factor = self.params["factor"].sample(rng)
+        if factor <= 0:
+            raise ValueError(f"speed: factor must be positive, got {factor}")
+        if abs(factor - 1.0) < 1e-6:
+            return wav.copy()
+        y = soxr.resample(wav, self.sample_rate, self.sample_rate / factor, quality="HQ")
+        return y.astype(np.float32)
+
+
+class BandReject(Augmentation):
+    """Remove a band: a Butterworth band-stop (``order``) around a centre ``freq`` (Hz, log-uniform over a
+    range) ``octaves`` wide, applied forwards and backwards (zero phase, so alignment is kept)."""
+
+    name = "bandreject"
+    defaults = {"freq": "200:4000", "octaves": "0.25:1", "order": "2"}
+
+    def __call__(self, wav, rng):
+        from scipy.signal import butter, sosfiltfilt
+
+        centre = self.params["freq"].sample_log(rng)
+        octaves = self.params["octaves"].sample(rng)
+        lo = centre * 2 ** (-octaves / 2)
+        hi = min(centre * 2 ** (octaves / 2), 0.45 * self.sample_rate)
+        order = max(1, int(round(self.params["order"].sample(rng))))
+        if not 0 < lo < hi:
+            return wav.copy()
+        sos = butter(order, [lo, hi], btype="bandstop", fs=self.sample_rate, output="sos")
+        if len(wav) <= 3 * (2 * len(sos) + 1):
+            return wav.copy()
+        return sosfiltfilt(sos, wav.astype(np.float64)).astype(np.float32)
+
+
+class TimeDrop(Augmentation):
+    """Zero ``count`` spans of ``width_ms`` milliseconds each at random positions (length kept)."""
+
+    name = "timedrop"
+    defaults = {"count": "1:4", "width_ms": "20:80"}
+
+    def __call__(self, wav, rng):
+        y = wav.copy()
+        n = len(y)
+        for _ in range(int(round(self.params["count"].sample(rng)))):
+            width = min(n, int(self.params["width_ms"].sample(rng) * self.sample_rate / 1000))
+            start = int(rng.integers(0, n - width + 1))
+            y[start:start + width] = 0.0
+        return y
+
+
+class Gain(Augmentation):
+    """Scale by ``db`` decibels."""
+
+    name = "gain"
+    defaults = {"db": "-6:6"}
+
+    def __call__(self, wav, rng):
+        return (wav * 10 ** (self.params["db"].sample(rng) / 20)).astype(np.float32)
+
+
+class RandomCrop(Augmentation):
+    """Keep a random contiguous ``fraction`` of the input (at least ``min_seconds``); does NOT keep
+    alignment."""
+
+    name = "crop"
+    keeps_alignment = False
+    defaults = {"fraction": "0.5:1", "min_seconds": "0.5"}
+
+    def __call__(self, wav, rng):
+        n = len(wav)
+        keep = int(round(self.params["fraction"].sample(rng) * n))
+        keep = min(n, max(keep, int(self.params["min_seconds"].sample(rng) * self.sample_rate), 1))
+        start = int(rng.integers(0, n - keep + 1))
+        return wav[start:start + keep].copy()
+
+
+AUGMENTATIONS: Dict[str, Type[Augmentation]] = {
+    cls.name: cls
+    for cls in (AdditiveNoise, Reverb, PitchShift, Speed, BandReject, TimeDrop, Gain, RandomCrop)
+}
+
+_SPEC = re.compile(r"^\s*([A-Za-z_]\w*)\s*(?:\((.*)\))?\s*$", re.S)
+
+
+def split_specs(specs: Sequence[str]) -> List[str]:
+    """Split every item at commas outside parentheses: ``["a(x=1,y=2),b", "c"]`` -> ``["a(x=1,y=2)", "b",
+    "c"]``."""
+    out: List[str] = []
+    for item in specs:
+        depth, cur = 0, []
+        for ch in str(item):
+            if ch == "(":
+                depth += 1
+            elif ch == ")":
+                depth -= 1
+                if depth < 0:
+                    raise ValueError(f"unbalanced ')' in augmentation spec {item!r}")
+            if ch == "," and depth == 0:
+                out.append("".join(cur))
+                cur = []
+            else:
+                cur.append(ch)
+        if depth != 0:
+            raise ValueError(f"unbalanced '(' in augmentation spec {item!r}")
+        out.append("".join(cur))
+    return [s.strip() for s in out if s.strip()]
+
+
+def parse_spec(spec: str) -> Tuple[str, Dict[str, str]]:
+    """``"noise(snr=5:20,p=0.8)"`` -> ``("noise", {"snr": "5:20", "p": "0.8"})``."""
+    m = _SPEC.match(spec)
+    if not m:
+        raise ValueError(f"augmentation spec {spec!r}: expected name(key=value,...)")
+    name, body = m.group(1), m.group(2)
+    params: Dict[str, str] = {}
+    for item in (body or "").split(","):
+        if not item.strip():
+            continue
+        if "=" not in item:
+            raise ValueError(f"augmentation spec {spec!r}: {item.strip()!r} is not key=value")
+        key, val = item.split("=", 1)
+        params[key.strip()] = val.strip()
+    return name, params
+
+
+class AugmentationChain:
+    """Applies ``(augmentation, probability)`` steps in order.
+
+    Per call, every step draws its decision and a child seed from ``rng`` whether it runs or not, so one
+    step's randomness does not depend on which earlier steps ran, and a seeded ``rng`` (see
+    :func:`seeded_rng`) gives the same output in any process.
+    """
+
+    def __init__(self, steps: Sequence[Tuple[Augmentation, float]] = ()):
+        self.steps = list(steps)
+        for aug, p in self.steps:
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"{aug.name}: p={p} must be in [0, 1]")
+
+    @classmethod
+    def from_specs(cls, specs: Sequence[str], sample_rate: int = 16000, **context) -> "AugmentationChain":
+        """Build from spec strings (see the module docstring). ``context`` holds ``noise_manifest`` and
+        ``rir_manifest`` (absolute paths or None), passed to the augmentations that take them."""
+        steps = []
+        for spec in split_specs(list(specs or [])):
+            name, params = parse_spec(spec)
+            if name not in AUGMENTATIONS:
+                raise ValueError(
+                    f"unknown augmentation {name!r} in {spec!r}; known: {', '.join(AUGMENTATIONS)}")
+            aug_cls = AUGMENTATIONS[name]
+            p = float(Value.parse(params.pop("p", "1"), f"{name}.p").lo)
+            kwargs = {k: v for k, v in context.items() if k in aug_cls.context and v}
+            steps.append((aug_cls(sample_rate=sample_rate, **kwargs, **params), p))
+        return cls(steps)
+
+    @property
+    def keeps_alignment(self) -> bool:
+        return all(aug.keeps_alignment for aug, _ in self.steps)
+
+    @property
+    def non_aligned(self) -> List[str]:
+        """Names of the steps that change timing or length."""
+        return [aug.name for aug, _ in self.steps if not aug.keeps_alignment]
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def specs(self) -> List[str]:
+        return [f"{aug.spec()[:-1]},p={p:g})" for aug, p in self.steps]
+
+    def apply(self, wav: np.ndarray, rng: np.random.Generator) -> Tuple[np.ndarray, List[str]]:
+        """Returns the augmented waveform (float32) and the names of the steps that ran."""
+        y = np.asarray(wav, dtype=np.float32)
+        applied = []
+        for aug, p in self.steps:
+            run = rng.random() < p
+            child = np.random.default_rng(int(rng.integers(0, MAX_SEED)))
+            if not run:
+                continue
+            n = len(y)
+            y = aug(y, child)
+            if aug.keeps_alignment and len(y) != n:
+                raise RuntimeError(
+                    f"{aug.name} claims to keep alignment but changed the length {n} -> {len(y)}")
+            applied.append(aug.name)
+        if not np.all(np.isfinite(y)):
+            raise FloatingPointError(f"augmentations {applied} produced non-finite samples")
+        return y.astype(np.float32, copy=False), applied
+
+    def __call__(self, wav: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return self.apply(wav, rng)[0]
+
+    def __repr__(self) -> str:
+        return f"AugmentationChain({', '.join(self.specs())})"
+
+
+BENCH_SPECS = (
+    "noise(kinds=white)", "noise(kinds=pink)", "noise(kinds=babble)", "noise(kinds=hum)", "noise",
+    "reverb", "pitch", "speed", "bandreject", "timedrop", "gain", "crop",
+)
+
+
+def benchmark(specs: Sequence[str] = BENCH_SPECS, seconds: float = 4.0, repeats: int = 10,
+              sample_rate: int = 16000, seed: int = 0, **context) -> List[Tuple[str, float]]:
+    """Median milliseconds of CPU per second of audio for each spec, measured on ``seconds`` of speech-like
+    input (procedural babble), in this process (set ``OMP_NUM_THREADS=1`` to mimic one data-loader worker)."""
+    from manifests.noise import make_noise
+
+    wav = make_noise("babble", int(seconds * sample_rate), seeded_rng(seed), sample_rate)
+    rows = []
+    for spec in specs:
+        chain = AugmentationChain.from_specs([spec], sample_rate, **context)
+        chain(wav, seeded_rng(seed, 1))  # warm-up: lazy imports, caches
+        times = []
+        for r in range(repeats):
+            t0 = time.perf_counter()
+            chain(wav, seeded_rng(seed, 2, r))
+            times.append(time.perf_counter() - t0)
+        rows.append((spec, 1000.0 * float(np.median(times)) / seconds))
+    return rows
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m fairseq_plugins.data.augment",
+                                description="Apply or benchmark waveform augmentation specs.")
+    p.add_argument("--bench", action="store_true", help="print the cost of each augmentation (markdown)")
+    p.add_argument("--specs", nargs="*", default=list(BENCH_SPECS), help="augmentation specs to measure")
+    p.add_argument("--seconds", type=float, default=4.0, help="input duration for --bench (default 4)")
+    p.add_argument("--repeats", type=int, default=10, help="timed calls per spec (default 10)")
+    p.add_argument("--noise-manifest", default=None, help="noise manifest (fairseq TSV) for noise(...)")
+    p.add_argument("--rir-manifest", default=None, help="RIR manifest (fairseq TSV) for reverb(...)")
+    args = p.parse_args(argv)
+    logging.getLogger("numba").setLevel(logging.WARNING)  # importing fairseq sets the root logger to DEBUG
+    if not args.bench:
+        p.print_help()
+        return 0
+    rows = benchmark(args.specs, args.seconds, args.repeats, noise_manifest=args.noise_manifest,
+                     rir_manifest=args.rir_manifest)
+    print("| augmentation | ms CPU per s of audio | x real time |")
+    print("|---|---:|---:|")
+    for spec, ms in rows:
+        print(f"| `{spec}` | {ms:.2f} | {1000.0 / max(ms, 1e-9):,.0f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""Model ``laser_finetune``: a released HuBERT / WavLM / wav2vec 2.0 backbone + a frame projection, for LASER.
+
+LASER (Meghanani & Hain, Interspeech 2024, arXiv 2406.09153): both views pass through the same trainable model;
+frames of the last transformer layer go through Linear(C -> 256) and are L2-normalised; only the top two
+transformer layers and ``encoder.layer_norm`` train (chosen by module name, never by parameter index); layer-drop
+is off. The projection is discarded after training: ``python -m fairseq_plugins.export_laser`` writes the tuned
+backbone back in its release format. For SCORE (ICASSP 2024), ``frozen_reference`` keeps a frozen copy of the
+original backbone that encodes view 2.
+
+The backbone is read from ``checkpoint`` when the model is first built; its architecture is then stored in
+``backbone_spec`` (like fairseq's ``w2v_args``), so a fine-tuned checkpoint reloads without the original file.
+"""
+import copy
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+from fairseq.dataclass import FairseqDataclass
+from fairseq.models import MODEL_REGISTRY, BaseFairseqModel, register_model
+from omegaconf import MISSING, OmegaConf
+from torch import nn
+
+from fairseq_plugins.compat import assert_registered
+from fairseq_plugins.modules.backbones import Backbone, build_backbone_from_spec, load_backbone
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class LaserFinetuneModelConfig(FairseqDataclass):
+    checkpoint: str = field(
+        default=MISSING, metadata={"help": "released backbone to fine-tune: fairseq HuBERT / wav2vec 2.0 "
+                                           "checkpoint or WavLM release file (absolute path)"})
+    projection_dim: int = field(default=256, metadata={"help": "output size of the frame projection (paper 256)"})
+    num_trainable_layers: int = field(
+        default=2, metadata={"help": "number of top transformer layers that train (paper: 2, i.e. 10 and 11)"})
+    train_encoder_layer_norm: bool = field(
+        default=True, metadata={"help": "also train encoder.layer_norm (paper: yes)"})
+    extra_trainable: List[str] = field(
+        default_factory=list,
+        metadata={"help": "further backbone module names (exact, e.g. 'post_extract_proj') to train"})
+    output_layer: int = field(
+        default=0, metadata={"help": "transformer layer whose output is aligned (1-based); 0 = the last"})
+    frozen_reference: bool = field(
+        default=False, metadata={"help": "keep a frozen copy of the original backbone to encode view 2 (SCORE)"})
+    backbone_spec: Optional[Any] = field(
+        default=None, metadata={"help": "filled in automatically: the backbone architecture, so that the "
+                                        "fine-tuned checkpoint reloads without the original file"})
+
+
+def trainable_module_names(backbone: Backbone, cfg: LaserFinetuneModelConfig) -> List[str]:
+    """Module names (relative to the backbone) that train under ``cfg``."""
+    n = backbone.num_layers
+    k = cfg.num_trainable_layers
+    if not 0 <= k <= n:
+        raise ValueError(f"model.num_trainable_layers={k}: the backbone has {n} transformer layers")
+    names = [f"encoder.layers.{i}" for i in range(n - k, n)]
+    if cfg.train_encoder_layer_norm:
+        names.append("encoder.layer_norm")
+    return names + list(cfg.extra_trainable)
+
+
+def freeze_except(module: nn.Module, names: List[str]) -> List[str]:
+    """Freeze every parameter of ``module`` except those under the named sub-modules.
+
+    Names are exact module paths (``named_modules``); a name that matches no module raises, listing the
+    closest ones. Returns the names of the parameters left trainable.
+    """
+    modules = dict(module.named_modules())
+    unknown = [n for n in names if n not in modules]
+    if unknown:
+        top = sorted({m.split(".")[0] for m in modules if m})
+        raise ValueError(f"trainable module(s) {unknown} not found in the backbone; its top-level modules are "
+                         f"{top} and its layers are named encoder.layers.<i>")
+    pattern = re.compile("|".join(rf"^{re.escape(n)}\." for n in names)) if names else None
+    trainable = []
+    for pname, p in module.named_parameters():
+        p.requires_grad = bool(pattern and pattern.match(pname))
+        if p.requires_grad:
+            trainable.append(pname)
+    return trainable
+
+
+@register_model("laser_finetune", dataclass=LaserFinetuneModelConfig)
+class LaserFinetuneModel(BaseFairseqModel):
+    def __init__(self, cfg: LaserFinetuneModelConfig, backbone: Backbone):
+        super().__init__()
+        self.cfg = cfg
+        self.kind = backbone.kind
+        self.normalize = backbone.normalize
+        self.backbone = backbone.model
+        self.num_layers = backbone.num_layers
+        if cfg.output_layer < 0 or cfg.output_layer > backbone.num_layers:
+            raise ValueError(f"model.output_layer={cfg.output_layer}: expected 0 (last) to {backbone.num_layers}")
+        self.proj = nn.Linear(backbone.embed_dim, cfg.projection_dim)
+        self.trainable = freeze_except(self.backbone, trainable_module_names(backbone, cfg))
+        self.reference = None
+        if cfg.frozen_reference:
+            self.reference = copy.deepcopy(self.backbone)
+            for p in self.reference.parameters():
+                p.requires_grad = False
+        n_train = sum(p.numel() for p in self.backbone.parameters() if p.requires_grad)
+        n_all = sum(p.numel() for p in self.backbone.parameters())
+        logger.info("laser_finetune: %s backbone, %d layers, dim %d; training %d of %d backbone parameters (%s)",
+                    self.kind, self.num_layers, backbone.embed_dim, n_train, n_all,
+                    ", ".join(trainable_module_names(backbone, cfg)))
+
+    @classmethod
+    def build_model(cls, cfg: LaserFinetuneModelConfig, task=None) -> "LaserFinetuneModel":
+        if cfg.backbone_spec is None:
+            backbone = load_backbone(cfg.checkpoint)
+            cfg.backbone_spec = backbone.spec
+        else:
+            spec = cfg.backbone_spec
+            spec = OmegaConf.to_container(spec, resolve=True) if OmegaConf.is_config(spec) else spec
+            backbone = build_backbone_from_spec(spec)
+        cls._disable_layerdrop(backbone.model)
+        return cls(cfg, backbone)
+
+    @staticmethod
+    def _disable_layerdrop(model: nn.Module) -> None:
+        enc = model.encoder
+        if getattr(enc, "layerdrop", 0.0):
+            logger.info("laser_finetune: encoder layer-drop %.3f -> 0 for fine-tuning", enc.layerdrop)
+        enc.layerdrop = 0.0
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.reference is not None:
+            self.reference.eval()  # the SCORE reference is a fixed function of its input
+        return self
+
+    def _encode(self, backbone: nn.Module, source: torch.Tensor, padding_mask: Optional[torch.Tensor]):
+        if self.normalize:
+            from fairseq_plugins.modules.wavlm import normalize_waveform
+
+            source = normalize_waveform(source, padding_mask)
+        layer = self.cfg.output_layer or None
+        x, pad = backbone.extract_features(source, padding_mask=padding_mask, mask=False, output_layer=layer)
+        return x, pad
+
+    def forward(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None,
+                reference: bool = False) -> Dict[str, torch.Tensor]:
+        """``source`` B x S waveform -> ``x`` B x T x projection_dim (unit-norm frames) and ``lengths`` [B].
+
+        ``reference=True`` encodes with the frozen SCORE copy (no gradient reaches it).
+        """
+        if reference:
+            if self.reference is None:
+                raise ValueError("reference=True needs model.frozen_reference=true (the SCORE variant)")
+            with torch.no_grad():
+                x, pad = self._encode(self.reference, source, padding_mask)
+        else:
+            x, pad = self._encode(self.backbone, source, padding_mask)
+        z = F.normalize(self.proj(x), dim=-1)
+        if pad is None:
+            lengths = torch.full((z.size(0),), z.size(1), dtype=torch.long, device=z.device)
+        else:
+            lengths = (~pad).sum(1)
+        return {"x": z, "lengths": lengths, "padding_mask": pad}
+
+    def extract_features(self, source, padding_mask=None, mask=False, output_layer=None, **kwargs):
+        """The backbone's features (B x T x C, padding_mask), for downstream probes."""
+        return self.backbone.extract_features(source, padding_mask=padding_mask, mask=False,
+                                              output_layer=output_layer)
+
+    def backbone_state_dict(self) -> Dict[str, torch.Tensor]:
+        """The tuned backbone weights under the backbone's own (release) key names."""
+        if hasattr(self.backbone, "release_state_dict"):  # WavLM: module names -> release names
+            return self.backbone.release_state_dict()
+        return {k: v.detach().clone() for k, v in self.backbone.state_dict().items()}
+
+
+assert_registered(MODEL_REGISTRY, "laser_finetune", LaserFinetuneModel, "model")
