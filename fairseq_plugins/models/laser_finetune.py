@@ -10,7 +10,6 @@ original backbone that encodes view 2.
 The backbone is read from ``checkpoint`` when the model is first built; its architecture is then stored in
 ``backbone_spec`` (like fairseq's ``w2v_args``), so a fine-tuned checkpoint reloads without the original file.
 """
-import copy
 import logging
 import re
 from dataclasses import dataclass, field
@@ -98,8 +97,9 @@ class LaserFinetuneModel(BaseFairseqModel):
         self.proj = nn.Linear(backbone.embed_dim, cfg.projection_dim)
         self.trainable = freeze_except(self.backbone, trainable_module_names(backbone, cfg))
         self.reference = None
-        if cfg.frozen_reference:
-            self.reference = copy.deepcopy(self.backbone)
+        if cfg.frozen_reference:  # a rebuilt copy (deepcopy fails on fairseq's weight-normed pos_conv)
+            self.reference = build_backbone_from_spec(backbone.spec).model
+            self.reference.load_state_dict(self.backbone.state_dict())
             for p in self.reference.parameters():
                 p.requires_grad = False
         n_train = sum(p.numel() for p in self.backbone.parameters() if p.requires_grad)
