@@ -4,8 +4,11 @@
 #   2. make first-iteration HuBERT targets (MFCC k-means), as fairseq's HuBERT recipe does
 #   3. pre-train a tiny HuBERT with fairseq's stock hubert_pretraining task through fairseq-hydra-train
 #   4. load the checkpoint back (import_user_module + load_model_ensemble_and_task) and describe it
+#   5. LASER-fine-tune that HuBERT (soft-DTW + IDM, top-2 layers) on speed/pitch-perturbed pairs
+#   6. export it in the released-HuBERT format; draw one pair's soft alignment with the loss curves
 # Re-running resumes: fairseq continues from checkpoint_last.pt and stops at once if it is complete.
-# Environment: DEMO_OUT (default demo_out), DEMO_MINUTES (corpus size, default 3), HUBERT_UPDATES (default 300).
+# Environment: DEMO_OUT (default demo_out), DEMO_MINUTES (corpus size, default 3), HUBERT_UPDATES (default 300),
+# LASER_UPDATES (default 60).
 set -euo pipefail
 VPY=${1:-.venv/bin/python}
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -13,6 +16,7 @@ BIN=$(dirname "$VPY")
 OUT=$(mkdir -p "${DEMO_OUT:-$REPO/demo_out}" && cd "${DEMO_OUT:-$REPO/demo_out}" && pwd)
 MINUTES=${DEMO_MINUTES:-3}
 HUBERT_UPDATES=${HUBERT_UPDATES:-300}
+LASER_UPDATES=${LASER_UPDATES:-60}
 CORPUS=$OUT/corpus
 MANIFEST=$CORPUS/manifest
 PLUGIN=$REPO/fairseq_plugins
@@ -20,26 +24,54 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 start=$(date +%s)
 step() { printf '\n=== [%4ss] %s\n' "$(( $(date +%s) - start ))" "$*"; }
 
-step "1/4 mini corpus ($MINUTES min of TTS speech) -> $CORPUS"
+step "1/6 mini corpus ($MINUTES min of TTS speech) -> $CORPUS"
 if [ -f "$CORPUS/corpus.json" ] && grep -q "\"minutes_requested\": $MINUTES" "$CORPUS/corpus.json" 2>/dev/null \
    && [ -f "$MANIFEST/train.km" ]; then
   echo "reusing $CORPUS (delete it to rebuild)"
 else
   "$VPY" -m manifests.mini_corpus --out "$CORPUS" --seed 0 --minutes "$MINUTES"
-  step "2/4 HuBERT targets: MFCC k-means (50 clusters, 50 Hz)"
+  step "2/6 HuBERT targets: MFCC k-means (50 clusters, 50 Hz)"
   "$VPY" -m manifests.hubert_labels --manifest-dir "$MANIFEST" --splits train valid --n-clusters 50
 fi
 
-step "3/4 pre-train a tiny HuBERT (fairseq hubert_pretraining, $HUBERT_UPDATES updates) -> $OUT/hubert"
+step "3/6 pre-train a tiny HuBERT (fairseq hubert_pretraining, $HUBERT_UPDATES updates) -> $OUT/hubert"
 "$BIN/fairseq-hydra-train" --config-dir "$REPO/examples/hubert/config" --config-name hubert_tiny \
   task.data="$MANIFEST" task.label_dir="$MANIFEST" checkpoint.save_dir="$OUT/hubert/ckpt" \
   optimization.max_update="$HUBERT_UPDATES" common.user_dir="$PLUGIN" hydra.run.dir="$OUT/hubert" \
   2>&1 | tee "$OUT/hubert/train.log" | grep -E "train_inner|valid on|done training|Error|error" || true
 test "${PIPESTATUS[0]}" -eq 0 || { echo "HuBERT pre-training failed: see $OUT/hubert/train.log"; exit 1; }
 
-step "4/4 load it back with import_user_module + load_model_ensemble_and_task"
+step "4/6 load it back with import_user_module + load_model_ensemble_and_task"
 WAV=$(awk -F'\t' 'NR==2 {print $1}' "$MANIFEST/valid.tsv")
 "$VPY" -m fairseq_plugins.inspect_checkpoint "$OUT/hubert/ckpt/checkpoint_last.pt" \
   --wav "$(head -1 "$MANIFEST/valid.tsv")/$WAV" 2>/dev/null
 
-step "done: corpus $CORPUS, HuBERT checkpoint $OUT/hubert/ckpt/checkpoint_last.pt (released-HuBERT format)"
+step "5/6 LASER fine-tuning of the tiny HuBERT ($LASER_UPDATES updates) -> $OUT/laser"
+mkdir -p "$OUT/laser"
+"$BIN/fairseq-hydra-train" --config-dir "$REPO/examples/laser/config" --config-name laser_hubert_tiny \
+  task.data="$MANIFEST" model.checkpoint="$OUT/hubert/ckpt/checkpoint_last.pt" \
+  checkpoint.save_dir="$OUT/laser/ckpt" optimization.max_update="$LASER_UPDATES" \
+  common.user_dir="$PLUGIN" hydra.run.dir="$OUT/laser" \
+  2>&1 | tee "$OUT/laser/train.log" | grep -E "laser_finetune:|train_inner|valid on|done training|Error|error" || true
+test "${PIPESTATUS[0]}" -eq 0 || { echo "LASER fine-tuning failed: see $OUT/laser/train.log"; exit 1; }
+"$VPY" - "$OUT/laser/train.log" <<'PY'
+import sys
+from fairseq_plugins.laser_report import parse_fairseq_log
+c = parse_fairseq_log(sys.argv[1])
+for key in ("train", "valid"):
+    if c[key]:
+        (u0, l0), (u1, l1) = c[key][0], c[key][-1]
+        print(f"LASER {key} loss: {l0:.2f} at update {u0} -> {l1:.2f} at update {u1}")
+PY
+
+step "6/6 export the tuned backbone as a released-format HuBERT checkpoint + alignment picture"
+"$VPY" -m fairseq_plugins.export_laser "$OUT/laser/ckpt/checkpoint_last.pt" --out "$OUT/laser/hubert_tiny_laser.pt" 2>/dev/null
+"$VPY" -m fairseq_plugins.laser_report "$OUT/laser/ckpt/checkpoint_last.pt" --manifest-dir "$MANIFEST" \
+  --log "$OUT/laser/train.log" --out "$OUT/laser/laser_alignment.png" 2>/dev/null
+
+step "done"
+echo "  mini corpus            $CORPUS"
+echo "  tiny HuBERT            $OUT/hubert/ckpt/checkpoint_last.pt   (released-HuBERT format)"
+echo "  LASER run              $OUT/laser/ckpt/checkpoint_last.pt"
+echo "  LASER-tuned HuBERT     $OUT/laser/hubert_tiny_laser.pt   (loads wherever the original loads)"
+echo "  alignment + loss plot  $OUT/laser/laser_alignment.png"

@@ -2,7 +2,7 @@
 # Creates the project's virtual environment for CPU machines (the project's machine kind).
 #   - torch is pinned to the CPU build via PIP_CONSTRAINT (constraints.txt): no CUDA wheel is ever pulled.
 #   - fairseq-fixed 0.12.3.1: official fairseq 0.12.2 cannot be built or imported on Python 3.11
-#     (see docs/INSTALL.md); fairseq-fixed is a fork of fairseq main with the 3.11 fix. It compiles
+#     (see README.md, "Installing"); fairseq-fixed is a fork of fairseq main with the 3.11 fix. It compiles
 #     Cython/C++ extensions against the installed torch, so it is installed without build isolation,
 #     after torch, cython and numpy. pip caches the built wheel: a second setup takes seconds.
 #   - torchaudio: fairseq-fixed depends on it, and the only build on PyPI for torch 2.13 is CUDA-only
