@@ -122,3 +122,23 @@ def test_real_checkpoint_resumes(tiny_hubert, hydra_train, tmp_path):
     assert "Loaded checkpoint" in log and "@ 20 updates" in log
     state = compat.load_checkpoint_state(str(resumed / "checkpoint_last.pt"))
     assert state["optimizer_history"][-1]["num_updates"] == 30
+
+
+@pytest.mark.slow
+def test_real_checkpoint_fine_tunes_with_ctc(tiny_hubert, hydra_train, tmp_path):
+    """fairseq's own CTC fine-tuning (audio_finetuning + hubert_ctc_compat + ctc) starts from the checkpoint."""
+    log = hydra_train(
+        os.path.join(REPO, "examples", "hubert", "config"), "hubert_tiny_ctc",
+        [f"task.data={tiny_hubert['manifest']}", f"model.w2v_path={tiny_hubert['ckpt']}",
+         f"checkpoint.save_dir={tmp_path}/ctc", "optimization.max_update=4", "dataset.validate_interval_updates=4",
+         "model.freeze_finetune_updates=2"],
+        str(tmp_path / "run"),
+    )
+    assert "valid on 'valid' subset" in log and "| wer " in log
+    state = compat.load_checkpoint_state(str(tmp_path / "ctc" / "checkpoint_last.pt"))
+    assert state["cfg"]["model"]["_name"] == "hubert_ctc_compat"
+    assert state["optimizer_history"][-1]["num_updates"] == 4
+    # the encoder started from the pre-trained weights
+    pre = compat.load_checkpoint_state(tiny_hubert["ckpt"])["model"]
+    key = "feature_extractor.conv_layers.0.0.weight"
+    assert torch.equal(state["model"][f"w2v_encoder.w2v_model.{key}"], pre[key])
