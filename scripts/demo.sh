@@ -6,9 +6,10 @@
 #   4. load the checkpoint back (import_user_module + load_model_ensemble_and_task) and describe it
 #   5. LASER-fine-tune that HuBERT (soft-DTW + IDM, top-2 layers) on speed/pitch-perturbed pairs
 #   6. export it in the released-HuBERT format; draw one pair's soft alignment with the loss curves
+#   7. probe both checkpoints and the log-mel / random-init floors (python -m fairseq_plugins.evaluate)
 # Re-running resumes: fairseq continues from checkpoint_last.pt and stops at once if it is complete.
 # Environment: DEMO_OUT (default demo_out), DEMO_MINUTES (corpus size, default 3), HUBERT_UPDATES (default 300),
-# LASER_UPDATES (default 60).
+# LASER_UPDATES (default 60), EVAL_SEEDS (default "0 1 2"), EVAL_TASKS (default: all six probes).
 set -euo pipefail
 VPY=${1:-.venv/bin/python}
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -17,6 +18,8 @@ OUT=$(mkdir -p "${DEMO_OUT:-$REPO/demo_out}" && cd "${DEMO_OUT:-$REPO/demo_out}"
 MINUTES=${DEMO_MINUTES:-3}
 HUBERT_UPDATES=${HUBERT_UPDATES:-300}
 LASER_UPDATES=${LASER_UPDATES:-60}
+EVAL_SEEDS=${EVAL_SEEDS:-0 1 2}
+EVAL_TASKS=${EVAL_TASKS:-phone_ctc,phone_frame,speaker_id,speaker_ver,keyword,clip}
 CORPUS=$OUT/corpus
 MANIFEST=$CORPUS/manifest
 PLUGIN=$REPO/fairseq_plugins
@@ -24,29 +27,29 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 start=$(date +%s)
 step() { printf '\n=== [%4ss] %s\n' "$(( $(date +%s) - start ))" "$*"; }
 
-step "1/6 mini corpus ($MINUTES min of TTS speech) -> $CORPUS"
+step "1/7 mini corpus ($MINUTES min of TTS speech) -> $CORPUS"
 if [ -f "$CORPUS/corpus.json" ] && grep -q "\"minutes_requested\": $MINUTES" "$CORPUS/corpus.json" 2>/dev/null \
    && [ -f "$MANIFEST/train.km" ]; then
   echo "reusing $CORPUS (delete it to rebuild)"
 else
   "$VPY" -m manifests.mini_corpus --out "$CORPUS" --seed 0 --minutes "$MINUTES"
-  step "2/6 HuBERT targets: MFCC k-means (50 clusters, 50 Hz)"
+  step "2/7 HuBERT targets: MFCC k-means (50 clusters, 50 Hz)"
   "$VPY" -m manifests.hubert_labels --manifest-dir "$MANIFEST" --splits train valid --n-clusters 50
 fi
 
-step "3/6 pre-train a tiny HuBERT (fairseq hubert_pretraining, $HUBERT_UPDATES updates) -> $OUT/hubert"
+step "3/7 pre-train a tiny HuBERT (fairseq hubert_pretraining, $HUBERT_UPDATES updates) -> $OUT/hubert"
 "$BIN/fairseq-hydra-train" --config-dir "$REPO/examples/hubert/config" --config-name hubert_tiny \
   task.data="$MANIFEST" task.label_dir="$MANIFEST" checkpoint.save_dir="$OUT/hubert/ckpt" \
   optimization.max_update="$HUBERT_UPDATES" common.user_dir="$PLUGIN" hydra.run.dir="$OUT/hubert" \
   2>&1 | tee "$OUT/hubert/train.log" | grep -E "train_inner|valid on|done training|Error|error" || true
 test "${PIPESTATUS[0]}" -eq 0 || { echo "HuBERT pre-training failed: see $OUT/hubert/train.log"; exit 1; }
 
-step "4/6 load it back with import_user_module + load_model_ensemble_and_task"
+step "4/7 load it back with import_user_module + load_model_ensemble_and_task"
 WAV=$(awk -F'\t' 'NR==2 {print $1}' "$MANIFEST/valid.tsv")
 "$VPY" -m fairseq_plugins.inspect_checkpoint "$OUT/hubert/ckpt/checkpoint_last.pt" \
   --wav "$(head -1 "$MANIFEST/valid.tsv")/$WAV" 2>/dev/null
 
-step "5/6 LASER fine-tuning of the tiny HuBERT ($LASER_UPDATES updates) -> $OUT/laser"
+step "5/7 LASER fine-tuning of the tiny HuBERT ($LASER_UPDATES updates) -> $OUT/laser"
 mkdir -p "$OUT/laser"
 "$BIN/fairseq-hydra-train" --config-dir "$REPO/examples/laser/config" --config-name laser_hubert_tiny \
   task.data="$MANIFEST" model.checkpoint="$OUT/hubert/ckpt/checkpoint_last.pt" \
@@ -64,10 +67,16 @@ for key in ("train", "valid"):
         print(f"LASER {key} loss: {l0:.2f} at update {u0} -> {l1:.2f} at update {u1}")
 PY
 
-step "6/6 export the tuned backbone as a released-format HuBERT checkpoint + alignment picture"
+step "6/7 export the tuned backbone as a released-format HuBERT checkpoint + alignment picture"
 "$VPY" -m fairseq_plugins.export_laser "$OUT/laser/ckpt/checkpoint_last.pt" --out "$OUT/laser/hubert_tiny_laser.pt" 2>/dev/null
 "$VPY" -m fairseq_plugins.laser_report "$OUT/laser/ckpt/checkpoint_last.pt" --manifest-dir "$MANIFEST" \
   --log "$OUT/laser/train.log" --out "$OUT/laser/laser_alignment.png" 2>/dev/null
+
+step "7/7 probe the frozen checkpoints (seeds $EVAL_SEEDS) -> $OUT/eval"
+# shellcheck disable=SC2086
+"$VPY" -m fairseq_plugins.evaluate --checkpoints hubert="$OUT/hubert/ckpt/checkpoint_last.pt" \
+  laser="$OUT/laser/hubert_tiny_laser.pt" --manifest-dir "$MANIFEST" --out "$OUT/eval" \
+  --tasks "$EVAL_TASKS" --seeds $EVAL_SEEDS 2> "$OUT/eval.log" || { tail -20 "$OUT/eval.log"; exit 1; }
 
 step "done"
 echo "  mini corpus            $CORPUS"
@@ -75,3 +84,4 @@ echo "  tiny HuBERT            $OUT/hubert/ckpt/checkpoint_last.pt   (released-H
 echo "  LASER run              $OUT/laser/ckpt/checkpoint_last.pt"
 echo "  LASER-tuned HuBERT     $OUT/laser/hubert_tiny_laser.pt   (loads wherever the original loads)"
 echo "  alignment + loss plot  $OUT/laser/laser_alignment.png"
+echo "  probe table + plots    $OUT/eval/table.md, $OUT/eval/tasks.png, $OUT/eval/layer_weights.png"
