@@ -98,8 +98,8 @@ def load_checkpoint_state(path: str, trust: bool = False, map_location: str = "c
 
 def first_line(msg: str) -> str:
     """The informative part of torch's long weights_only error message."""
-    for line in msg.splitlines():
-        if "Unsupported global" in line or "Unsupported operand" in line:
+    for line in msg.splitlines():  # "Unsupported global: GLOBAL x.y ..." or "... unsupported GLOBAL os.system ..."
+        if "unsupported" in line.lower() and ("global" in line.lower() or "operand" in line.lower()):
             return line.strip()
     return msg.splitlines()[0].strip() if msg else msg
 
