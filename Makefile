@@ -20,7 +20,7 @@ lint: setup
 	$(VPY) -m ruff check fairseq_plugins manifests tests benchmarks scripts examples
 
 test: setup lint
-	$(VPY) -m pytest -ra tests
+	$(VPY) -m pytest -ra --durations=15 tests
 
 test-fast: setup
 	$(VPY) -m pytest -ra -m "not slow" tests
