@@ -240,10 +240,9 @@ def _peek(path: str) -> Dict:
 def detect_kind(state: Dict) -> str:
     """``wavlm`` for a WavLM release file (flat ``cfg`` dict with ``encoder_layers`` and no task), else
     ``fairseq``."""
-    cfg = state.get("cfg") if isinstance(state, dict) else None
-    if isinstance(cfg, dict) and "encoder_layers" in cfg and "task" not in cfg and "model" in state:
-        return "wavlm"
-    return "fairseq"
+    from fairseq_plugins.modules.backbones import is_wavlm_release
+
+    return "wavlm" if is_wavlm_release(state) else "fairseq"
 
 
 def import_user_dir(user_dir: Optional[str]) -> None:

@@ -68,6 +68,12 @@ def _plain(cfg: Any) -> Any:
     return copy.deepcopy(cfg)
 
 
+def is_wavlm_release(state: Any) -> bool:
+    """A WavLM release file: a flat ``cfg`` dict of the architecture (no ``model``/``task`` sections)."""
+    cfg = state.get("cfg") if isinstance(state, Mapping) else None
+    return isinstance(cfg, Mapping) and "encoder_layers" in cfg and "model" not in cfg and "model" in state
+
+
 def checkpoint_kind(state: Any, name: str = "<checkpoint>") -> str:
     """``'hubert'``, ``'wav2vec2'`` or ``'wavlm'`` for a loaded checkpoint dict; raises for anything else."""
     if not isinstance(state, Mapping):
@@ -99,7 +105,7 @@ def checkpoint_kind(state: Any, name: str = "<checkpoint>") -> str:
             f"expected a pre-trained HuBERT, WavLM or wav2vec 2.0 backbone (fine-tuned CTC/seq2seq "
             f"checkpoints and other models are not backbones)"
         )
-    if isinstance(cfg, Mapping) and "encoder_layers" in cfg:
+    if is_wavlm_release(state):
         return "wavlm"
     raise BackboneCheckpointError(
         f"{name}: unknown checkpoint format: found {_describe(state)} with cfg {_describe(cfg)}. Expected a "
