@@ -16,6 +16,9 @@ EXPECTED = [
     ("model", "laser_finetune", "fairseq_plugins.models.laser_finetune", "LaserFinetuneModel"),
     ("task", "laser_finetune", "fairseq_plugins.tasks.laser_finetune", "LaserFinetuneTask"),
     ("criterion", "soft_dtw", "fairseq_plugins.criterions.soft_dtw", "SoftDTWCriterion"),
+    ("model", "slicer", "fairseq_plugins.models.slicer", "SlicerModel"),
+    ("task", "slicer_pretraining", "fairseq_plugins.tasks.slicer_pretraining", "SlicerPretrainingTask"),
+    ("criterion", "slicer", "fairseq_plugins.criterions.slicer", "SlicerCriterion"),
 ]
 REGISTRIES = {"model": MODEL_REGISTRY, "task": TASK_REGISTRY, "criterion": CRITERION_REGISTRY}
 

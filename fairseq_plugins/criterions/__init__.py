@@ -1,4 +1,5 @@
 """Registered components; each submodule registers itself on import."""
 from fairseq_plugins.criterions import (  # noqa: F401
+    slicer,
     soft_dtw,
 )

@@ -1,4 +1,5 @@
 """Registered components; each submodule registers itself on import."""
 from fairseq_plugins.tasks import (
     laser_finetune,  # noqa: F401
+    slicer_pretraining,  # noqa: F401
 )

@@ -1,0 +1,212 @@
+"""Unit tests of SLICER: teacher EMA, MoCo queue, losses, k-mix, save/resume of the model state."""
+import io
+import math
+
+import pytest
+import torch
+from fairseq.criterions import CRITERION_REGISTRY
+from fairseq.models import MODEL_REGISTRY
+from fairseq.tasks import TASK_REGISTRY
+
+from fairseq_plugins.criterions.slicer import SlicerCriterion
+from fairseq_plugins.data.spec_augment import log_mixup_exp, pick_partners, random_resize_crop
+from fairseq_plugins.losses.slicer import cluster_contrast, cluster_entropy, symmetric_info_nce
+from fairseq_plugins.models.slicer import SlicerConfig, SlicerModel
+from fairseq_plugins.tasks.slicer_pretraining import SlicerPretrainingTask
+
+
+def tiny_cfg(**kw) -> SlicerConfig:
+    base = dict(n_mels=16, conv_channels=4, embed_dim=32, cluster_hidden=32, instance_dim=8, num_clusters=6,
+                queue_size=10, ema_momentum=0.9, bn_groups=2, mix_mode="kmix", mix_bank_size=8, kmix_clusters=2,
+                norm_updates=3)
+    base.update(kw)
+    return SlicerConfig(**base)
+
+
+def tiny_model(**kw) -> SlicerModel:
+    torch.manual_seed(0)
+    model = SlicerModel(tiny_cfg(**kw))
+    if model.cfg.mix_mode == "kmix":
+        model.set_kmix_centroids(torch.stack([torch.full((16,), -8.0), torch.full((16,), -2.0)]))
+    return model
+
+
+def batch(b: int = 6, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    scale = torch.logspace(-3, 0, b).unsqueeze(1)  # different levels -> both k-mix clusters occur
+    return torch.randn(b, 3200, generator=g) * scale
+
+
+def loss_of(model: SlicerModel, source: torch.Tensor) -> torch.Tensor:
+    out = model(source)
+    inst = symmetric_info_nce(out["q1"], out["q2"], out["k1"], out["k2"], out["negatives"])
+    clus, ent = cluster_contrast(out["c1"], out["c2"])
+    return inst + clus + ent
+
+
+def test_registered_names():
+    assert MODEL_REGISTRY["slicer"] is SlicerModel
+    assert TASK_REGISTRY["slicer_pretraining"] is SlicerPretrainingTask
+    assert CRITERION_REGISTRY["slicer"] is SlicerCriterion
+
+
+def test_teacher_gets_no_gradient_and_moves_by_the_ema_rule():
+    model = tiny_model().train()
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    model.set_num_updates(0)  # fresh run: nothing to absorb yet
+    t0 = [p.detach().clone() for p in model.teacher.parameters()]
+    for p, q in zip(t0, model.student.parameters()):
+        assert torch.equal(p, q.detach())  # the teacher starts as a copy
+    loss_of(model, batch()).backward()
+    assert all(not p.requires_grad and p.grad is None for p in model.teacher.parameters())
+    opt.step()
+    for p, q in zip(t0, model.teacher.parameters()):
+        assert torch.equal(p, q.detach())  # the optimiser never touches the teacher
+    s1 = [p.detach().clone() for p in model.student.parameters()]
+    model.set_num_updates(1)
+    m = model.cfg.ema_momentum
+    for t, s, new in zip(t0, s1, model.teacher.parameters()):
+        torch.testing.assert_close(new.detach(), m * t + (1 - m) * s, rtol=0, atol=1e-7)
+    after = [p.detach().clone() for p in model.teacher.parameters()]
+    model.set_num_updates(1)  # update_freq > 1 calls again with the same count: no second step
+    assert all(torch.equal(a, b) for a, b in zip(after, model.teacher.parameters()))
+    assert int(model.ema_updates) == 1
+
+
+def test_queue_is_fifo_and_wraps_around():
+    model = tiny_model()
+    d = model.cfg.instance_dim
+    a = torch.arange(3 * d, dtype=torch.float).view(3, d)
+    b = 100 + torch.arange(4 * d, dtype=torch.float).view(4, d)
+    old = model.queue.clone()
+    model.enqueue(a)
+    assert int(model.queue_ptr) == 3 and torch.equal(model.queue[:3], a) and torch.equal(model.queue[3:], old[3:])
+    model.enqueue(b)
+    model.enqueue(b)  # 3 + 4 + 4 = 11 > 10: wraps twice
+    # slots: 0-2 a, 3-6 b, 7-9 b[0:3], 0 b[3]; pointer 1
+    assert int(model.queue_ptr) == 1
+    assert torch.equal(model.queue[0], b[3]) and torch.equal(model.queue[1:3], a[1:3])
+    assert torch.equal(model.queue[3:7], b) and torch.equal(model.queue[7:10], b[:3])
+    many = torch.randn(25, d)
+    model.enqueue(many)  # more keys than slots: the newest 10 remain
+    assert sorted(model.queue.sum(1).tolist()) == sorted(many[-10:].sum(1).tolist())
+
+
+def test_forward_enqueues_the_new_keys_after_using_the_old_queue():
+    model = tiny_model().train()
+    before = model.queue.clone()
+    out = model(batch())
+    assert torch.equal(out["negatives"], before)
+    keys = torch.cat([out["k1"], out["k2"]])  # 12 keys into a 10-slot queue: the newest 10, from slot 0
+    assert torch.equal(model.queue, keys[2:]) and int(model.queue_ptr) == 0
+
+
+def test_losses_are_symmetric_in_the_views():
+    g = torch.Generator().manual_seed(1)
+    q1, q2, k1, k2 = (torch.nn.functional.normalize(torch.randn(5, 8, generator=g), dim=1) for _ in range(4))
+    queue = torch.nn.functional.normalize(torch.randn(20, 8, generator=g), dim=1)
+    torch.testing.assert_close(symmetric_info_nce(q1, q2, k1, k2, queue), symmetric_info_nce(q2, q1, k2, k1, queue))
+    c1, c2 = (torch.softmax(torch.randn(5, 4, generator=g), dim=1) for _ in range(2))
+    for x, y in zip(cluster_contrast(c1, c2), cluster_contrast(c2, c1)):
+        torch.testing.assert_close(x, y)
+    # the model's loss is symmetric too: swapping the views swaps q/k/c pairs
+    model = tiny_model().eval()
+    out = model(batch())
+    assert torch.equal(out["q1"], out["q2"])  # eval: no augmentation, both views equal
+
+
+def test_cluster_columns_sum_as_expected():
+    model = tiny_model().eval()
+    out = model(batch(6))
+    c = out["c1"]
+    torch.testing.assert_close(c.sum(1), torch.ones(6))  # each row is a distribution over K clusters
+    torch.testing.assert_close(c.sum(0).sum(), torch.tensor(6.0))  # so the K column sums add up to B
+    k = c.size(1)
+    uniform = torch.full((6, k), 1.0 / k)
+    assert abs(float(cluster_entropy(uniform))) < 1e-6  # balanced marginal: no penalty
+    collapsed = torch.zeros(6, k)
+    collapsed[:, 0] = 1
+    assert abs(float(cluster_entropy(collapsed)) - math.log(k)) < 1e-5  # all in one cluster: log K
+    # perfectly agreeing one-hot columns give a lower cluster loss than disagreeing ones
+    eye = torch.eye(k)
+    assert cluster_contrast(eye, eye)[0] < cluster_contrast(eye, eye.roll(1, dims=1))[0]
+
+
+def test_kmix_picks_a_partner_from_another_cluster():
+    centroids = torch.tensor([[0.0], [1.0], [10.0]])
+    bank = torch.tensor([0, 0, 1, 1, 2, 0])
+    labels = torch.tensor([0, 1, 2, 0])
+    for seed in range(5):
+        g = torch.Generator().manual_seed(seed)
+        far = pick_partners(labels, bank, centroids, "farthest", g)
+        assert bank[far].tolist() == [2, 2, 0, 2]  # farthest cluster present in the bank
+        other = pick_partners(labels, bank, centroids, "random_other", g)
+        assert all(bank[j] != lab for j, lab in zip(other.tolist(), labels.tolist()))
+    only_own = pick_partners(torch.tensor([0]), torch.tensor([0, 0]), centroids, "farthest")
+    assert only_own.item() in (0, 1)  # no other cluster in the bank: plain mixup partner
+    with pytest.raises(ValueError, match="unknown k-mix partner rule 'nearest'"):
+        pick_partners(labels, bank, centroids, "nearest")
+
+
+def test_log_mixup_exp_and_random_resize_crop():
+    x, y = torch.randn(3, 4, 5), torch.randn(3, 4, 5)
+    torch.testing.assert_close(log_mixup_exp(x, y, torch.zeros(3)), x)
+    lam = torch.tensor([0.1, 0.2, 0.3])
+    ref = torch.log((1 - lam[:, None, None]) * x.exp() + lam[:, None, None] * y.exp())
+    torch.testing.assert_close(log_mixup_exp(x, y, lam), ref)
+    assert random_resize_crop(torch.randn(2, 16, 20)).shape == (2, 16, 20)
+
+
+def test_kmix_model_needs_centroids():
+    model = SlicerModel(tiny_cfg()).train()
+    assert model.needs_kmix_centroids()
+    with pytest.raises(RuntimeError, match="k-mix centroids were never fitted"):
+        model(batch())
+
+
+def test_save_resume_round_trip_of_teacher_queue_normaliser_centroids_and_bank():
+    model = tiny_model().train()
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    for step in range(3):
+        model.set_num_updates(step)
+        opt.zero_grad()
+        loss_of(model, batch(seed=step)).backward()
+        opt.step()
+    model.set_num_updates(3)
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    buf.seek(0)
+    state = torch.load(buf, weights_only=True)
+    fresh = SlicerModel(tiny_cfg())
+    fresh.load_state_dict(state, strict=True)
+    a, b = model.state_dict(), fresh.state_dict()
+    for key in a:
+        if key == "_extra_state":
+            continue
+        assert torch.equal(a[key], b[key]), key
+    for key in ("queue", "queue_ptr", "ema_updates", "kmix_centroids", "kmix_ready", "norm.total", "norm.count"):
+        assert key in state
+    assert any(k.startswith("teacher.") for k in state)
+    assert torch.equal(fresh.bank.items, model.bank.items) and torch.equal(fresh.bank.labels, model.bank.labels)
+    assert not fresh.needs_kmix_centroids() and float(fresh.norm.count) > 0
+    # the resumed model continues exactly: same next step under the same RNG
+    for m in (model, fresh):
+        m.train()
+        torch.manual_seed(7)
+        m.set_num_updates(3)
+    torch.manual_seed(7)
+    la = loss_of(model, batch(seed=9))
+    torch.manual_seed(7)
+    lb = loss_of(fresh, batch(seed=9))
+    torch.testing.assert_close(la, lb)
+    torch.testing.assert_close(model.queue, fresh.queue)
+
+
+def test_extract_features_shapes_and_padding():
+    model = tiny_model().eval()
+    feats = model.extract_features(torch.randn(2, 16000))
+    assert feats["x"].shape == (2, 101 // 8, 32) and feats["pooled"].shape == (2, 32)
+    pad = torch.zeros(2, 16000, dtype=torch.bool)
+    pad[1, 8000:] = True
+    masked = model.extract_features(torch.randn(2, 16000), padding_mask=pad)
+    assert masked["padding_mask"][1].sum() > 0 and not masked["padding_mask"][0].any()
