@@ -1,5 +1,8 @@
 """Registered components; each submodule registers itself on import."""
 from fairseq_plugins.criterions import (  # noqa: F401
+    masked_reconstruction,
+    simsiam,
+    simsiam_recon,
     slicer,
     soft_dtw,
 )

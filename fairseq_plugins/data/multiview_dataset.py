@@ -1,0 +1,226 @@
+"""A manifest-driven audio dataset that returns N augmented views of every utterance.
+
+Subclass of fairseq's :class:`~fairseq.data.FileAudioDataset` (manifest reading, ``min_sample_size``
+filtering, length-sorted ``ordered_indices``, buckets, ``batch_by_size``); it adds views, seeded augmentation
+and line-parallel side labels. Used by the ``multiview_audio_pretraining`` task
+(:mod:`fairseq_plugins.tasks.multiview_audio_pretraining`), first for the positive-sample contrast + masked
+reconstruction method (Zhang et al., Journal on Communications 2022) and meant for MGF, CSC and SLICER too.
+
+Randomness. Every random choice of item ``index`` comes from :func:`~fairseq_plugins.data.augment.seeded_rng`
+keyed by ``(seed, epoch, index, stream)``: stream ``v`` for view ``v`` (its crop and augmentations), one
+shared stream for the crop common to aligned views, one for the collater's crop. So the same seed and epoch
+give the same views in any data-loader worker, and a new epoch gives new views. The epoch lives in a
+shared-memory tensor, so :meth:`set_epoch` reaches persistent data-loader workers too (fairseq keeps them
+across epochs).
+
+Views. With ``aligned_views`` all views share one crop and the chain must keep alignment (every view has the
+same length, sample ``i`` is the same instant in all views; frame-level objectives need this). Otherwise each
+view gets its own crop and any augmentation. Views listed in ``unaugmented_views`` are returned unaugmented.
+
+Batch layout (:meth:`collater`)::
+
+    net_input.source        (V*B) x T float, VIEW-MAJOR: row v*B + b is view v of utterance b
+    net_input.padding_mask  (V*B) x T bool, True = padding (always present; all False without padding)
+    net_input.target_source (V*B) x T float, the un-augmented crop of each row (only with clean_target)
+    id                      B long
+    views                   {"num_views": V, "batch_size": B, "aligned": bool, "layout": "view_major",
+                             "lengths": V x B long (valid samples), "augmentations": V lists of B name lists}
+    side_labels             {ext: [B strings]} for every side file asked for (e.g. "spk")
+
+``source.view(V, B, T)`` gives the V x B x T view of the same tensor.
+"""
+import logging
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from fairseq.data import FileAudioDataset
+from fairseq.data.text_compressor import TextCompressionLevel
+
+from fairseq_plugins.data.augment import AugmentationChain, seeded_rng
+
+logger = logging.getLogger(__name__)
+
+SHARED_CROP_STREAM = 1 << 20  # stream ids after the view streams 0..V-1
+COLLATE_STREAM = SHARED_CROP_STREAM + 1
+
+
+class MultiviewAudioDataset(FileAudioDataset):
+    """N views per utterance from a fairseq manifest (see the module docstring for randomness and layout).
+
+    Args:
+        manifest_path: fairseq TSV manifest.
+        sample_rate: expected sample rate (files at another rate raise, as in fairseq).
+        num_views: views per utterance (V >= 1).
+        augment: chain applied to each view, or None.
+        aligned_views: one shared crop, alignment-keeping augmentations only (ValueError otherwise).
+        unaugmented_views: view indices that are not augmented (e.g. ``[0]`` for clean/augmented pairs).
+        side_labels: ``{ext: lines}``, one line per manifest entry (skipped entries included).
+        clean_target: also return the un-augmented crop as ``net_input.target_source`` (aligned only).
+        seed: base seed of all random choices.
+        fixed_epoch: if set, views do not change with the epoch (validation sets).
+        max_sample_size / min_sample_size / pad / normalize / num_buckets / shuffle /
+        text_compression_level: as in :class:`~fairseq.data.FileAudioDataset`; ``normalize`` is applied to
+            each view after augmentation.
+    """
+
+    def __init__(
+        self,
+        manifest_path: str,
+        sample_rate: int,
+        num_views: int = 2,
+        augment: Optional[AugmentationChain] = None,
+        aligned_views: bool = False,
+        unaugmented_views: Sequence[int] = (),
+        side_labels: Optional[Dict[str, List[str]]] = None,
+        clean_target: bool = False,
+        seed: int = 1,
+        fixed_epoch: Optional[int] = None,
+        max_sample_size: Optional[int] = None,
+        min_sample_size: int = 0,
+        pad: bool = False,
+        normalize: bool = False,
+        num_buckets: int = 0,
+        shuffle: bool = True,
+        text_compression_level: TextCompressionLevel = TextCompressionLevel.none,
+    ):
+        super().__init__(
+            manifest_path=manifest_path, sample_rate=sample_rate, max_sample_size=max_sample_size,
+            min_sample_size=min_sample_size, shuffle=shuffle, pad=pad, normalize=False,
+            num_buckets=num_buckets, text_compression_level=text_compression_level,
+        )
+        if num_views < 1:
+            raise ValueError(f"num_views={num_views}: need at least one view")
+        bad_views = [v for v in unaugmented_views if not 0 <= int(v) < num_views]
+        if bad_views:
+            raise ValueError(f"unaugmented_views {bad_views} out of range for num_views={num_views}")
+        if aligned_views and augment is not None and not augment.keeps_alignment:
+            raise ValueError(
+                f"aligned_views=true needs alignment-keeping augmentations, but {augment.non_aligned} change "
+                f"timing or length: remove them or set aligned_views=false")
+        if clean_target and not aligned_views:
+            raise ValueError("clean_target=true needs aligned_views=true (the clean crop must line up with "
+                             "every view)")
+        self.num_views = int(num_views)
+        self.augment = augment if augment is not None and len(augment) else None
+        self.aligned_views = bool(aligned_views)
+        self.unaugmented_views = {int(v) for v in unaugmented_views}
+        self.clean_target = bool(clean_target)
+        self.normalize_views = bool(normalize)
+        self.seed = int(seed)
+        self.fixed_epoch = fixed_epoch
+        self._epoch = torch.ones(1, dtype=torch.long).share_memory_()
+        self.side_labels = {}
+        num_lines = len(self.sizes) + len(self.skipped_indices)
+        for ext, lines in (side_labels or {}).items():
+            if len(lines) != num_lines:
+                raise ValueError(f"side labels {ext!r}: {len(lines)} lines, but {manifest_path} lists "
+                                 f"{num_lines} files")
+            self.side_labels[ext] = [s for i, s in enumerate(lines) if i not in self.skipped_indices]
+
+    # ------------------------------------------------------------------ epochs and sizes
+    @property
+    def epoch(self) -> int:
+        return int(self.fixed_epoch) if self.fixed_epoch is not None else int(self._epoch[0])
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        self._epoch[0] = int(epoch)
+
+    def num_tokens(self, index: int) -> int:
+        """Samples of all views together (what ``max_tokens`` budgets)."""
+        return self.num_views * self.size(index)
+
+    def num_tokens_vec(self, indices: np.ndarray) -> np.ndarray:
+        sizes = self.sizes[indices]
+        if not self.pad:
+            sizes = np.minimum(sizes, self.max_sample_size)
+        return self.num_views * sizes
+
+    # ------------------------------------------------------------------ items
+    def _crop(self, wav: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        if len(wav) <= self.max_sample_size:
+            return wav
+        start = int(rng.integers(0, len(wav) - self.max_sample_size + 1))
+        return wav[start:start + self.max_sample_size]
+
+    def _finish(self, wav: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32))
+        if self.normalize_views:
+            with torch.no_grad():
+                x = F.layer_norm(x, x.shape)
+        return x
+
+    def __getitem__(self, index: int) -> Dict:
+        wav = super().__getitem__(index)["source"].numpy()
+        epoch = self.epoch
+        shared = self._crop(wav, seeded_rng(self.seed, epoch, index, SHARED_CROP_STREAM)) \
+            if self.aligned_views or self.clean_target else None
+        views, applied = [], []
+        for v in range(self.num_views):
+            rng = seeded_rng(self.seed, epoch, index, v)
+            x = shared if self.aligned_views else self._crop(wav, rng)
+            names: List[str] = []
+            if self.augment is not None and v not in self.unaugmented_views:
+                x, names = self.augment.apply(x, rng)
+            views.append(self._finish(x))
+            applied.append(names)
+        item = {"id": index, "views": views, "augmentations": applied}
+        if self.clean_target:
+            item["clean"] = torch.from_numpy(np.ascontiguousarray(shared, dtype=np.float32))
+        if self.side_labels:
+            item["side_labels"] = {ext: labels[index] for ext, labels in self.side_labels.items()}
+        return item
+
+    # ------------------------------------------------------------------ batches
+    def collater(self, samples: List[Dict]) -> Dict:
+        samples = [s for s in samples if s.get("views")]
+        if not samples:
+            return {}
+        V, B = self.num_views, len(samples)
+        lengths = [len(x) for s in samples for x in s["views"]]
+        target = min(max(lengths) if self.pad else min(lengths), self.max_sample_size)
+        width = target
+        if self.pad and getattr(self, "num_buckets", 0) > 0:
+            width = max(target, max(int(self._bucketed_sizes[s["id"]]) for s in samples))
+        source = torch.zeros(V * B, width)
+        padding_mask = torch.ones(V * B, width, dtype=torch.bool)
+        valid = torch.zeros(V, B, dtype=torch.long)
+        clean = torch.zeros(B, width) if self.clean_target else None
+        for b, s in enumerate(samples):
+            rng = seeded_rng(self.seed, self.epoch, s["id"], COLLATE_STREAM)
+            shared_start = None
+            for v, x in enumerate(s["views"]):
+                n = len(x)
+                if n > target:
+                    if self.aligned_views:
+                        if shared_start is None:
+                            shared_start = int(rng.integers(0, n - target + 1))
+                        start = shared_start
+                    else:
+                        start = int(rng.integers(0, n - target + 1))
+                    x = x[start:start + target]
+                source[v * B + b, :len(x)] = x
+                padding_mask[v * B + b, :len(x)] = False
+                valid[v, b] = len(x)
+            if clean is not None:
+                c = s["clean"]
+                if len(c) > target:
+                    c = c[shared_start:shared_start + target]
+                clean[b, :len(c)] = c
+        net_input = {"source": source, "padding_mask": padding_mask}
+        if clean is not None:
+            net_input["target_source"] = clean.repeat(V, 1)
+        out = {
+            "id": torch.LongTensor([s["id"] for s in samples]),
+            "net_input": net_input,
+            "views": {
+                "num_views": V, "batch_size": B, "aligned": self.aligned_views, "layout": "view_major",
+                "lengths": valid,
+                "augmentations": [[s["augmentations"][v] for s in samples] for v in range(V)],
+            },
+        }
+        if self.side_labels:
+            out["side_labels"] = {ext: [s["side_labels"][ext] for s in samples] for ext in self.side_labels}
+        return out
