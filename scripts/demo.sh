@@ -8,9 +8,10 @@
 #   6. export it in the released-HuBERT format; draw one pair's soft alignment with the loss curves
 #   7. probe both checkpoints and the log-mel / random-init floors (python -m fairseq_plugins.evaluate)
 #   8. pre-train a tiny SLICER on speech + procedural non-speech clips and probe it (speaker, keyword, clip)
+#   9. pre-train a tiny SimSiam + masked-reconstruction model on two augmented views (multiview task)
 # Re-running resumes: fairseq continues from checkpoint_last.pt and stops at once if it is complete.
 # Environment: DEMO_OUT (default demo_out), DEMO_MINUTES (corpus size, default 3), HUBERT_UPDATES (default 300),
-# LASER_UPDATES (default 60), SLICER_UPDATES (default 100), EVAL_SEEDS (default "0 1 2"), EVAL_TASKS (default: all six probes).
+# LASER_UPDATES (default 60), SLICER_UPDATES (default 100), SIMSIAM_UPDATES (default 300), EVAL_SEEDS (default "0 1 2"), EVAL_TASKS (default: all six probes).
 set -euo pipefail
 VPY=${1:-.venv/bin/python}
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -20,6 +21,7 @@ MINUTES=${DEMO_MINUTES:-3}
 HUBERT_UPDATES=${HUBERT_UPDATES:-300}
 LASER_UPDATES=${LASER_UPDATES:-60}
 SLICER_UPDATES=${SLICER_UPDATES:-100}
+SIMSIAM_UPDATES=${SIMSIAM_UPDATES:-300}
 EVAL_SEEDS=${EVAL_SEEDS:-0 1 2}
 EVAL_TASKS=${EVAL_TASKS:-phone_ctc,phone_frame,speaker_id,speaker_ver,keyword,clip}
 CORPUS=$OUT/corpus
@@ -29,17 +31,17 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 start=$(date +%s)
 step() { printf '\n=== [%4ss] %s\n' "$(( $(date +%s) - start ))" "$*"; }
 
-step "1/8 mini corpus ($MINUTES min of TTS speech) -> $CORPUS"
+step "1/9 mini corpus ($MINUTES min of TTS speech) -> $CORPUS"
 if [ -f "$CORPUS/corpus.json" ] && grep -q "\"minutes_requested\": $MINUTES" "$CORPUS/corpus.json" 2>/dev/null \
    && [ -f "$MANIFEST/train.km" ]; then
   echo "reusing $CORPUS (delete it to rebuild)"
 else
   "$VPY" -m manifests.mini_corpus --out "$CORPUS" --seed 0 --minutes "$MINUTES"
-  step "2/8 HuBERT targets: MFCC k-means (50 clusters, 50 Hz)"
+  step "2/9 HuBERT targets: MFCC k-means (50 clusters, 50 Hz)"
   "$VPY" -m manifests.hubert_labels --manifest-dir "$MANIFEST" --splits train valid --n-clusters 50
 fi
 
-step "3/8 pre-train a tiny HuBERT (fairseq hubert_pretraining, $HUBERT_UPDATES updates) -> $OUT/hubert"
+step "3/9 pre-train a tiny HuBERT (fairseq hubert_pretraining, $HUBERT_UPDATES updates) -> $OUT/hubert"
 mkdir -p "$OUT/hubert"
 "$BIN/fairseq-hydra-train" --config-dir "$REPO/examples/hubert/config" --config-name hubert_tiny \
   task.data="$MANIFEST" task.label_dir="$MANIFEST" checkpoint.save_dir="$OUT/hubert/ckpt" \
@@ -47,12 +49,12 @@ mkdir -p "$OUT/hubert"
   2>&1 | tee "$OUT/hubert/train.log" | grep -E "train_inner|valid on|done training|Error|error" || true
 test "${PIPESTATUS[0]}" -eq 0 || { echo "HuBERT pre-training failed: see $OUT/hubert/train.log"; exit 1; }
 
-step "4/8 load it back with import_user_module + load_model_ensemble_and_task"
+step "4/9 load it back with import_user_module + load_model_ensemble_and_task"
 WAV=$(awk -F'\t' 'NR==2 {print $1}' "$MANIFEST/valid.tsv")
 "$VPY" -m fairseq_plugins.inspect_checkpoint "$OUT/hubert/ckpt/checkpoint_last.pt" \
   --wav "$(head -1 "$MANIFEST/valid.tsv")/$WAV" 2>/dev/null
 
-step "5/8 LASER fine-tuning of the tiny HuBERT ($LASER_UPDATES updates) -> $OUT/laser"
+step "5/9 LASER fine-tuning of the tiny HuBERT ($LASER_UPDATES updates) -> $OUT/laser"
 mkdir -p "$OUT/laser"
 "$BIN/fairseq-hydra-train" --config-dir "$REPO/examples/laser/config" --config-name laser_hubert_tiny \
   task.data="$MANIFEST" model.checkpoint="$OUT/hubert/ckpt/checkpoint_last.pt" \
@@ -70,18 +72,18 @@ for key in ("train", "valid"):
         print(f"LASER {key} loss: {l0:.2f} at update {u0} -> {l1:.2f} at update {u1}")
 PY
 
-step "6/8 export the tuned backbone as a released-format HuBERT checkpoint + alignment picture"
+step "6/9 export the tuned backbone as a released-format HuBERT checkpoint + alignment picture"
 "$VPY" -m fairseq_plugins.export_laser "$OUT/laser/ckpt/checkpoint_last.pt" --out "$OUT/laser/hubert_tiny_laser.pt" 2>/dev/null
 "$VPY" -m fairseq_plugins.laser_report "$OUT/laser/ckpt/checkpoint_last.pt" --manifest-dir "$MANIFEST" \
   --log "$OUT/laser/train.log" --out "$OUT/laser/laser_alignment.png" 2>/dev/null
 
-step "7/8 probe the frozen checkpoints (seeds $EVAL_SEEDS) -> $OUT/eval"
+step "7/9 probe the frozen checkpoints (seeds $EVAL_SEEDS) -> $OUT/eval"
 # shellcheck disable=SC2086
 "$VPY" -m fairseq_plugins.evaluate --checkpoints hubert="$OUT/hubert/ckpt/checkpoint_last.pt" \
   laser="$OUT/laser/hubert_tiny_laser.pt" --manifest-dir "$MANIFEST" --out "$OUT/eval" \
   --tasks "$EVAL_TASKS" --seeds $EVAL_SEEDS 2> "$OUT/eval.log" || { tail -20 "$OUT/eval.log"; exit 1; }
 
-step "8/8 SLICER on speech + procedural non-speech clips ($SLICER_UPDATES updates) and its probes -> $OUT/slicer"
+step "8/9 SLICER on speech + procedural non-speech clips ($SLICER_UPDATES updates) and its probes -> $OUT/slicer"
 [ -f "$OUT/clips/train.tsv" ] || "$VPY" -m manifests.clips --out "$OUT/clips" --seed 0 > /dev/null
 mkdir -p "$OUT/slicer"
 "$BIN/fairseq-hydra-train" --config-dir "$REPO/examples/slicer/config" --config-name slicer_tiny \
@@ -94,6 +96,14 @@ test "${PIPESTATUS[0]}" -eq 0 || { echo "SLICER pre-training failed: see $OUT/sl
   --manifest-dir "$MANIFEST" --out "$OUT/slicer_eval" --tasks speaker_id,keyword,clip --seeds $EVAL_SEEDS \
   2> "$OUT/slicer_eval.log" || { tail -20 "$OUT/slicer_eval.log"; exit 1; }
 
+step "9/9 positive-sample contrast + masked reconstruction (simsiam_recon, $SIMSIAM_UPDATES updates) -> $OUT/simsiam_recon"
+mkdir -p "$OUT/simsiam_recon"
+"$BIN/fairseq-hydra-train" --config-dir "$REPO/examples/simsiam_recon/config" --config-name simsiam_recon_tiny \
+  task.data="$MANIFEST" task.noise_manifest="$MANIFEST/noise.tsv" checkpoint.save_dir="$OUT/simsiam_recon/ckpt" \
+  optimization.max_update="$SIMSIAM_UPDATES" common.user_dir="$PLUGIN" hydra.run.dir="$OUT/simsiam_recon" \
+  2>&1 | tee "$OUT/simsiam_recon/train.log" | grep -E "valid on|done training|Error|error" || true
+test "${PIPESTATUS[0]}" -eq 0 || { echo "simsiam_recon pre-training failed: see $OUT/simsiam_recon/train.log"; exit 1; }
+
 step "done"
 echo "  mini corpus            $CORPUS"
 echo "  tiny HuBERT            $OUT/hubert/ckpt/checkpoint_last.pt   (released-HuBERT format)"
@@ -102,3 +112,4 @@ echo "  LASER-tuned HuBERT     $OUT/laser/hubert_tiny_laser.pt   (loads wherever
 echo "  alignment + loss plot  $OUT/laser/laser_alignment.png"
 echo "  probe table + plots    $OUT/eval/table.md, $OUT/eval/tasks.png, $OUT/eval/layer_weights.png"
 echo "  SLICER                 $OUT/slicer/ckpt/checkpoint_last.pt, probes: $OUT/slicer_eval/table.md"
+echo "  SimSiam + recon        $OUT/simsiam_recon/ckpt/checkpoint_last.pt"
