@@ -8,16 +8,16 @@ settings; the WavLM speed factors are in examples/laser/config/laser_wavlm_base.
 """
 import logging
 import os
-import sys
 from dataclasses import dataclass, field
-from typing import List, Tuple
+from typing import List
 
 from fairseq.dataclass import FairseqDataclass
-from fairseq.tasks import TASK_REGISTRY, FairseqTask, register_task
+from fairseq.tasks import TASK_REGISTRY, register_task
 from omegaconf import MISSING
 
 from fairseq_plugins.compat import assert_registered
 from fairseq_plugins.data.laser_pairs import LaserPairDataset
+from fairseq_plugins.tasks.base import UnlabelledAudioTask
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class LaserFinetuneConfig(FairseqDataclass):
 
 
 @register_task("laser_finetune", dataclass=LaserFinetuneConfig)
-class LaserFinetuneTask(FairseqTask):
+class LaserFinetuneTask(UnlabelledAudioTask):
     cfg: LaserFinetuneConfig
 
     @classmethod
@@ -70,17 +70,6 @@ class LaserFinetuneTask(FairseqTask):
             min_sample_size=self.cfg.min_sample_size, max_sample_size=self.cfg.max_sample_size,
             seed=self.cfg.seed, swap_prob=self.cfg.swap_prob,
         )
-
-    @property
-    def source_dictionary(self):
-        return None
-
-    @property
-    def target_dictionary(self):
-        return None
-
-    def max_positions(self) -> Tuple[int, int]:
-        return (sys.maxsize, sys.maxsize)
 
 
 assert_registered(TASK_REGISTRY, "laser_finetune", LaserFinetuneTask, "task")

@@ -14,7 +14,6 @@ every checkpoint: a resumed run loads them and never refits. Registers the task 
 """
 import logging
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import List, Tuple
@@ -24,11 +23,12 @@ import soundfile as sf
 import torch
 from fairseq.data import FairseqDataset
 from fairseq.dataclass import FairseqDataclass
-from fairseq.tasks import TASK_REGISTRY, FairseqTask, register_task
+from fairseq.tasks import TASK_REGISTRY, register_task
 from omegaconf import MISSING
 
 from fairseq_plugins.compat import assert_registered
 from fairseq_plugins.data.spec_augment import fit_kmix_centroids
+from fairseq_plugins.tasks.base import UnlabelledAudioTask
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ class CropDataset(FairseqDataset):
 
 
 @register_task(TASK_NAME, dataclass=SlicerPretrainingConfig)
-class SlicerPretrainingTask(FairseqTask):
+class SlicerPretrainingTask(UnlabelledAudioTask):
     cfg: SlicerPretrainingConfig
 
     @classmethod
@@ -171,17 +171,6 @@ class SlicerPretrainingTask(FairseqTask):
         logger.info("k-mix: fitted %d centroids on %d of %d training items in %.1f s", centroids.shape[0], n,
                     len(ds), time.time() - t0)
         return centroids
-
-    @property
-    def source_dictionary(self):
-        return None
-
-    @property
-    def target_dictionary(self):
-        return None
-
-    def max_positions(self) -> Tuple[int, int]:
-        return (sys.maxsize, sys.maxsize)
 
 
 assert_registered(TASK_REGISTRY, TASK_NAME, SlicerPretrainingTask, "task")
