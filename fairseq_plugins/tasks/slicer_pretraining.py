@@ -29,6 +29,7 @@ from omegaconf import MISSING
 from fairseq_plugins.compat import assert_registered
 from fairseq_plugins.data.spec_augment import fit_kmix_centroids
 from fairseq_plugins.tasks.base import UnlabelledAudioTask
+from manifests import manifest_io
 
 logger = logging.getLogger(__name__)
 
@@ -51,15 +52,9 @@ class SlicerPretrainingConfig(FairseqDataclass):
 
 
 def read_manifest(path: str) -> Tuple[List[str], List[int]]:
-    with open(path) as f:
-        root = f.readline().strip()
-        files, sizes = [], []
-        for line in f:
-            if line.strip():
-                rel, n = line.rstrip("\n").split("\t")[:2]
-                files.append(os.path.join(root, rel))
-                sizes.append(int(n))
-    return files, sizes
+    """Absolute paths and sample counts of a fairseq manifest (errors name the file and line)."""
+    root, rows = manifest_io.read_manifest(path)
+    return [os.path.join(root, rel) for rel, _ in rows], [n for _, n in rows]
 
 
 class CropDataset(FairseqDataset):
