@@ -39,6 +39,7 @@ class SlicerCriterion(PluginCriterion):
 
     def forward(self, model, sample, reduce: bool = True):
         out = model(**sample["net_input"])
+        out = {k: v.float() for k, v in out.items()}  # losses in float32 also under fp16/bf16 training
         inst = symmetric_info_nce(out["q1"], out["q2"], out["k1"], out["k2"], out["negatives"],
                                   self.instance_temperature)
         clus, ent = cluster_contrast(out["c1"], out["c2"], self.cluster_temperature)

@@ -19,6 +19,15 @@ queue, so all workers keep the same queue; BN statistics are kept from leaking t
 random permutation of the batch in ``bn_groups`` groups, so a query and its positive key are normalised with
 statistics of different sample sets (MoCo's shuffle-BN over ``bn_groups`` GPUs, emulated on each worker).
 
+Mixed precision (``common.fp16`` / ``common.bf16``): fairseq casts the whole model to half precision; this model
+keeps the log-mel front end, the normaliser, the k-mix centroids, the MoCo queue and the whole teacher in their
+own precision (float32, float64 statistics), so the EMA with momentum 0.999 is not lost to fp16 rounding. The
+views are made in float32 and cast to the student's precision; the criterion computes the losses in float32.
+
+End-of-epoch dummy batches under DDP (fairseq runs a worker with no batch left on a copy of its first batch and
+zeroes the loss): the task passes ``dummy_batch=True``; the worker then still takes part in every collective
+(normaliser all-reduce, key all-gather) but contributes no statistics, no keys and no bank items.
+
 For downstream probes, :meth:`SlicerModel.extract_features` exposes an ``encoder.layers``-structured frame
 encoder (see :class:`SlicerFrameEncoder`) so ``python -m fairseq_plugins.evaluate`` reads two 2048-d states.
 """
@@ -233,6 +242,25 @@ class SlicerModel(BaseFairseqModel):
     def build_model(cls, cfg: SlicerConfig, task=None) -> "SlicerModel":
         return cls(cfg)
 
+    def _precision_kept(self) -> List[torch.Tensor]:
+        """Tensors whose dtype a model-wide cast (``half()``, ``to(torch.bfloat16)``) must not change."""
+        kept = [self.queue, self.kmix_centroids]
+        for module in (self.frontend, self.norm, self.teacher):
+            kept += list(module.parameters()) + list(module.buffers())
+        return kept
+
+    def _apply(self, fn, recurse: bool = True):
+        # fairseq's fp16/bf16 training casts the whole model (trainer: model.half()); keep the front end,
+        # statistics, centroids, queue and teacher in their precision and only let them follow device moves
+        kept = {id(t) for t in self._precision_kept()}
+
+        def guarded(t):
+            if id(t) in kept:
+                return t.to(device=fn(t.new_zeros(())).device)
+            return fn(t)
+
+        return super()._apply(guarded, recurse)
+
     def get_extra_state(self) -> Dict[str, Optional[torch.Tensor]]:
         """The mix bank travels in the state dict (``_extra_state``) so that a resumed run mixes exactly as an
         uninterrupted one would (``model.save_mix_bank=false`` leaves it out: it then refills after a resume)."""
@@ -267,7 +295,7 @@ class SlicerModel(BaseFairseqModel):
         """``teacher = m * teacher + (1 - m) * student`` for every parameter (buffers are the teacher's own)."""
         m = self.cfg.ema_momentum
         for pt, ps in zip(self.teacher.parameters(), self.student.parameters()):
-            pt.mul_(m).add_(ps.detach(), alpha=1.0 - m)
+            pt.mul_(m).add_(ps.detach().to(pt.dtype), alpha=1.0 - m)
 
     def set_num_updates(self, num_updates: int) -> None:
         """fairseq calls this before every training forward with the number of finished updates: the teacher
@@ -288,11 +316,16 @@ class SlicerModel(BaseFairseqModel):
         self.queue_ptr.fill_((ptr + n) % size)
 
     # ---------------------------------------------------------------------------------------------- input
-    def logmel(self, source: torch.Tensor, update_norm: bool = False):
-        """``B x S`` waveform -> (raw log-mel, normalised log-mel), both ``B x F x T``."""
+    def logmel(self, source: torch.Tensor, update_norm: bool = False, contribute: bool = True):
+        """``B x S`` waveform -> (raw log-mel, normalised log-mel), both ``B x F x T`` float32."""
         with torch.no_grad():
             raw = self.frontend(source)
-            return raw, self.norm(raw, update=update_norm)
+            if update_norm:
+                self.norm.update(raw, contribute=contribute)
+            return raw, self.norm(raw, update=False)
+
+    def _student_dtype(self) -> torch.dtype:
+        return self.student.instance_head.weight.dtype
 
     @torch.no_grad()
     def augment(self, x: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
@@ -305,8 +338,8 @@ class SlicerModel(BaseFairseqModel):
                                    tuple(cfg.rrc_time_scale))
         return x
 
-    def make_views(self, source: torch.Tensor):
-        raw, x = self.logmel(source, update_norm=self.training)
+    def make_views(self, source: torch.Tensor, dummy_batch: bool = False):
+        raw, x = self.logmel(source, update_norm=self.training, contribute=not dummy_batch)
         if not self.training:
             return x, x
         labels = None
@@ -317,19 +350,22 @@ class SlicerModel(BaseFairseqModel):
                                    "set_kmix_centroids)")
             labels = assign_clusters(raw.mean(dim=2), self.kmix_centroids)
         v1, v2 = self.augment(x, labels), self.augment(x, labels)
-        if self.cfg.mix_mode != "none":
+        if self.cfg.mix_mode != "none" and not dummy_batch:
             self.bank.push(x, labels)
         return v1, v2
 
     # ---------------------------------------------------------------------------------------------- forward
-    def forward(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None, **kwargs):
+    def forward(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None,
+                dummy_batch: bool = False, **kwargs):
         """``source`` ``B x S`` equal-length crops -> dict with ``q1, q2`` (student queries ``B x 128``), ``k1,
         k2`` (teacher keys), ``c1, c2`` (student cluster assignments ``B x K``) and ``negatives`` (the queue
-        before this batch's keys were added, ``N x 128``)."""
-        v1, v2 = self.make_views(source)
+        before this batch's keys were added, ``N x 128``). ``dummy_batch``: fairseq's placeholder batch of a
+        worker without data (see the module doc): nothing of it enters the normaliser, queue or bank."""
+        v1, v2 = self.make_views(source, dummy_batch)
         g = self.cfg.bn_groups
-        s1 = grouped(self.student, v1, g)
-        s2 = grouped(self.student, v2, g)
+        dt = self._student_dtype()
+        s1 = grouped(self.student, v1.to(dt), g)
+        s2 = grouped(self.student, v2.to(dt), g)
         with torch.no_grad():
             b = source.size(0)
 
@@ -341,7 +377,7 @@ class SlicerModel(BaseFairseqModel):
             negatives = self.queue.clone()
             if self.training:
                 keys = torch.cat([k1, k2]) if self.cfg.enqueue_both_views else k1
-                self.enqueue(gather_keys(keys))
+                self.enqueue(gather_keys(keys[:0] if dummy_batch else keys))
         return {"q1": s1["q"], "q2": s2["q"], "c1": s1["c"], "c2": s2["c"], "k1": k1, "k2": k2,
                 "negatives": negatives}
 
@@ -350,7 +386,7 @@ class SlicerModel(BaseFairseqModel):
         """Frozen features for downstream use: ``x`` frames ``B x T' x 2048`` (T' = T/8 at 12.5 Hz),
         ``pooled`` ``B x 2048`` (max + mean over time, the paper's utterance embedding), ``padding_mask``."""
         _, x = self.logmel(source, update_norm=False)
-        frames = self.student.backbone.features(x)
+        frames = self.student.backbone.features(x.to(self._student_dtype()))
         frame_mask = None
         if padding_mask is not None and padding_mask.any():
             n = self.frontend.num_frames((~padding_mask).sum(1)) // 8

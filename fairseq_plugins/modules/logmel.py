@@ -67,16 +67,23 @@ class RunningNorm(nn.Module):
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))
 
     @torch.no_grad()
-    def update(self, x: torch.Tensor) -> None:
+    def update(self, x: torch.Tensor, contribute: bool = True) -> None:
+        """Absorb the statistics of ``x``; ``contribute=False`` (a worker's placeholder batch) still joins the
+        all-reduce, with zeros. A batch counts towards ``max_updates`` when some worker contributed to it."""
         if int(self.updates) >= self.max_updates:
             return
-        stats = torch.stack([x.double().sum(), x.double().pow(2).sum(),
-                             torch.tensor(float(x.numel()), dtype=torch.float64, device=x.device)])
+        x = x.double()
+        stats = torch.stack([x.sum(), x.pow(2).sum(), torch.tensor(float(x.numel()), dtype=torch.float64,
+                                                                    device=x.device)])
+        if not contribute:
+            stats.zero_()
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(stats)
-        self.total += stats[0]
-        self.total_sq += stats[1]
-        self.count += stats[2]
+        if float(stats[2]) == 0:
+            return
+        self.total += stats[0].to(self.total)
+        self.total_sq += stats[1].to(self.total_sq)
+        self.count += stats[2].to(self.count)
         self.updates += 1
 
     def mean_std(self):

@@ -143,6 +143,13 @@ class SlicerPretrainingTask(UnlabelledAudioTask):
                                            random_crop=(split == "train"))
         logger.info("%s: %d clips from %s", split, len(self.datasets[split]), self.manifests(split))
 
+    def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False, **kwargs):
+        # fairseq passes ignore_grad=True for the placeholder batch of a worker that has run out of data under
+        # DDP: the model must still join the collectives but add nothing to its queue, bank or statistics
+        if ignore_grad:
+            sample = dict(sample, net_input=dict(sample["net_input"], dummy_batch=True))
+        return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad, **kwargs)
+
     def begin_epoch(self, epoch: int, model) -> None:
         if getattr(model, "needs_kmix_centroids", lambda: False)():
             self.fit_kmix(model)

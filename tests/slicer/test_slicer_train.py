@@ -101,11 +101,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_process_gloo_run_gathers_keys(data, tmp_path):
+@pytest.mark.parametrize("batches", ["even", "odd"])
+def test_two_process_gloo_run_gathers_keys(data, tmp_path, batches):
     """fairseq's own distributed init (tcp, gloo, one process per rank): every worker enqueues the keys of all
-    workers, so after one epoch the queue pointer has advanced by 2 keys x every training item."""
+    workers, so after one epoch the queue pointer has advanced by 2 keys x every training item. With an odd
+    number of batches, one worker runs fairseq's placeholder (dummy) batch in the last step: it must still join
+    the all-gather (else the run hangs) and add no keys."""
     n = n_train(data)
-    bs = next(b for b in range(12, 40) if -(-n // b) % 2 == 0)  # an even number of batches: no dummy batch
+    parity = 0 if batches == "even" else 1
+    bs = next(b for b in range(12, 40) if -(-n // b) % 2 == parity)
     port, run = _free_port(), str(tmp_path)
     procs = []
     for rank in range(2):
@@ -127,3 +131,15 @@ def test_two_process_gloo_run_gathers_keys(data, tmp_path):
     sd = state(os.path.join(run, "ckpt", "checkpoint_last.pt"))
     assert int(sd["queue_ptr"]) == 2 * n  # 2 views x all items of both workers (1 worker alone: about half)
     torch.testing.assert_close(sd["queue"][: 2 * n].norm(dim=1), torch.ones(2 * n))
+
+
+def test_bf16_run_keeps_statistics_in_float64(data, tmp_path):
+    """fairseq's ``common.bf16`` casts the model (fp16 needs CUDA in fairseq; bf16 runs on CPU): training runs,
+    and the normaliser's statistics are not rounded through bf16 (they would come back as float32)."""
+    run = str(tmp_path)
+    log = hydra_train([*data, f"checkpoint.save_dir={run}/ckpt", "optimization.max_update=10", "common.bf16=true"],
+                      run)
+    assert "num_updates 10" in log
+    sd = state(os.path.join(run, "ckpt", "checkpoint_last.pt"))
+    assert sd["norm.total"].dtype == torch.float64 and float(sd["norm.count"]) > 0
+    assert torch.isfinite(sd["queue"]).all() and int(sd["ema_updates"]) == 9

@@ -210,3 +210,61 @@ def test_extract_features_shapes_and_padding():
     pad[1, 8000:] = True
     masked = model.extract_features(torch.randn(2, 16000), padding_mask=pad)
     assert masked["padding_mask"][1].sum() > 0 and not masked["padding_mask"][0].any()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_cast_keeps_teacher_statistics_and_queue_precise(dtype):
+    model = tiny_model()
+    for _ in range(2):
+        model.train()(batch())  # fill the normaliser and the bank
+    before = {k: v.clone() for k, v in model.state_dict().items() if torch.is_tensor(v)}
+    model = model.to(dtype) if dtype == torch.bfloat16 else model.half()  # what fairseq's trainer does
+    assert model.student.instance_head.weight.dtype == dtype
+    assert model.student.backbone.convs[0].bn.running_mean.dtype == dtype
+    for name in ("norm.total", "norm.total_sq", "norm.count"):
+        assert model.state_dict()[name].dtype == torch.float64
+        assert torch.equal(model.state_dict()[name], before[name])  # no round trip through half precision
+    for name in ("queue", "kmix_centroids"):
+        assert model.state_dict()[name].dtype == torch.float32
+    assert model.frontend.fbank.dtype == torch.float32 and model.frontend.window.dtype == torch.float32
+    assert all(p.dtype == torch.float32 for p in model.teacher.parameters())
+    teacher = [p.clone() for p in model.teacher.parameters()]
+    model.set_num_updates(1)  # EMA from the half student into the float32 teacher
+    m = model.cfg.ema_momentum
+    for t0, t1, s in zip(teacher, model.teacher.parameters(), model.student.parameters()):
+        torch.testing.assert_close(t1, m * t0 + (1 - m) * s.float(), rtol=0, atol=1e-6)
+    out = model.train()(batch(seed=1))
+    assert out["q1"].dtype == dtype and out["k1"].dtype == torch.float32
+    crit = SlicerCriterion(None)
+    loss, n, log = crit(model, {"net_input": {"source": batch(seed=2).to(dtype)}})
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.student.parameters() if p.grad is not None)
+    feats = model.eval().extract_features(batch(seed=3).to(dtype))
+    assert feats["x"].dtype == dtype and torch.isfinite(feats["pooled"].float()).all()
+
+
+def test_dummy_batch_joins_the_step_but_adds_nothing_to_queue_bank_or_statistics():
+    model = tiny_model(queue_size=16).train()
+    model(batch())
+    state = {k: v.clone() for k, v in model.state_dict().items() if torch.is_tensor(v)}
+    bank = model.bank.items.clone()
+    task = SlicerPretrainingTask.__new__(SlicerPretrainingTask)  # train_step needs no task state
+    crit = SlicerCriterion(None)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+
+    class FairseqOpt:  # the two methods FairseqTask.train_step calls
+        def backward(self, loss):
+            loss.backward()
+
+    loss, _, _ = task.train_step({"net_input": {"source": batch(seed=5)}}, model, crit, FairseqOpt(), 1,
+                                 ignore_grad=True)
+    assert float(loss.detach()) == 0.0  # fairseq's rule for the placeholder batch
+    for name in ("queue", "queue_ptr", "norm.total", "norm.count", "norm.updates"):
+        assert torch.equal(model.state_dict()[name], state[name]), name
+    assert torch.equal(model.bank.items, bank)
+    # the same batch as a real one does change them
+    task.train_step({"net_input": {"source": batch(seed=5)}}, model, crit, FairseqOpt(), 1)
+    assert int(model.queue_ptr) != int(state["queue_ptr"]) and not torch.equal(model.bank.items, bank)
+    assert float(model.state_dict()["norm.count"]) > float(state["norm.count"])
+    del opt
