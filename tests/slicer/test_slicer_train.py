@@ -89,6 +89,7 @@ def test_resume_from_checkpoint_last_continues_exactly(data, straight_run, tmp_p
 def test_checkpoint_loads_as_an_evaluation_upstream(straight_run):
     from fairseq_plugins.evaluate.upstream import load_upstream, random_like
 
+    torch.manual_seed(0)
     up = load_upstream(straight_run["ckpt"], "slicer")
     feats = up.extract(torch.randn(16000) * 0.1)
     assert feats.shape == (2, 101 // 8, 256)  # two 2048-d (here 256-d) states at 12.5 Hz
@@ -120,7 +121,7 @@ def test_two_process_gloo_run_gathers_keys(data, tmp_path, batches):
                f"++distributed_training.distributed_init_method=tcp://127.0.0.1:{port}",
                f"++distributed_training.distributed_rank={rank}", "++distributed_training.distributed_no_spawn=true",
                "optimization.max_update=0", "++optimization.max_epoch=1", f"dataset.batch_size={bs}",
-               "model.queue_size=4096"]
+               "model.queue_size=4096", f"distributed_training.ddp_backend={ddp_backend}"]
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
         procs.append(subprocess.Popen(cmd, cwd=run, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                       env=env))
