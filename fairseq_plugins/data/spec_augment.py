@@ -5,7 +5,8 @@ resize crop, and the k-means step that k-mix needs.
   exp(m))`` with ``l ~ U(0, alpha)`` and ``m`` a spectrogram from a FIFO bank of past inputs.
 - **k-mix** (SLICER, Seth et al., ICASSP 2023, arXiv 2211.01519): the same mix, but the partner comes from
   another acoustic cluster: before training, k-means (k = 4 in the paper) is fitted on the time-averaged
-  log-mels of a sample of the training data (:func:`fit_kmix_centroids`); every input and bank item gets the
+  log-mels of a sample of the training data (:func:`fit_kmix_centroids`; ``metric="cosine"`` is the authors'
+  spherical k-means on L2-normalised vectors, ``"euclidean"`` plain k-means); every input and bank item gets the
   cluster of its nearest centroid, and :func:`pick_partners` picks a bank item from the farthest other cluster
   (the authors' rule) or from a random other cluster. When the bank holds no item of another cluster, the
   partner is a random bank item (plain mixup), so the step never fails.
@@ -24,21 +25,52 @@ import torch.nn.functional as F
 logger = logging.getLogger(__name__)
 
 PARTNER_RULES = ("farthest", "random_other")
+KMIX_METRICS = ("cosine", "euclidean")
 
 
-def fit_kmix_centroids(features: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
-    """k-means on ``N x F`` time-averaged log-mels -> ``k x F`` float32 centroids (scikit-learn, k-means++)."""
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def fit_kmix_centroids(features: np.ndarray, k: int, seed: int = 0, metric: str = "cosine",
+                       iterations: int = 50) -> np.ndarray:
+    """k-means on ``N x F`` time-averaged log-mels -> ``k x F`` float32 centroids.
+
+    ``euclidean``: scikit-learn k-means (k-means++, 10 restarts). ``cosine``: spherical k-means as in the
+    authors' code (faiss ``spherical=True``): the vectors are L2-normalised, the k-means++ fit above on them
+    starts Lloyd iterations that assign by cosine and re-normalise every centroid; the centroids are unit
+    vectors (a cluster that empties keeps its previous centroid)."""
     from sklearn.cluster import KMeans
 
+    if metric not in KMIX_METRICS:
+        raise ValueError(f"unknown k-mix metric {metric!r}; expected one of {', '.join(KMIX_METRICS)}")
     if features.shape[0] < k:
         raise ValueError(f"k-mix needs at least k={k} samples to fit its clusters, got {features.shape[0]}")
-    km = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(features.astype(np.float64))
-    return km.cluster_centers_.astype(np.float32)
+    x = features.astype(np.float64)
+    if metric == "euclidean":
+        return KMeans(n_clusters=k, n_init=10, random_state=seed).fit(x).cluster_centers_.astype(np.float32)
+    x = _unit(x)
+    centroids = _unit(KMeans(n_clusters=k, n_init=10, random_state=seed).fit(x).cluster_centers_)
+    for _ in range(iterations):
+        labels = (x @ centroids.T).argmax(axis=1)
+        new = centroids.copy()
+        for c in range(k):
+            if np.any(labels == c):
+                new[c] = x[labels == c].sum(axis=0)
+        new = _unit(new)
+        if np.allclose(new, centroids, atol=1e-10):
+            break
+        centroids = new
+    return centroids.astype(np.float32)
 
 
-def assign_clusters(mean_logmel: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
-    """``B x F`` time-averaged log-mels, ``K x F`` centroids -> ``B`` nearest-centroid indices."""
-    return torch.cdist(mean_logmel.float(), centroids.float()).argmin(dim=1)
+def assign_clusters(mean_logmel: torch.Tensor, centroids: torch.Tensor, metric: str = "euclidean") -> torch.Tensor:
+    """``B x F`` time-averaged log-mels, ``K x F`` centroids -> ``B`` nearest-centroid indices (``cosine``:
+    largest cosine similarity, for unit centroids the same as the nearest normalised vector)."""
+    x, c = mean_logmel.float(), centroids.float()
+    if metric == "cosine":
+        return (F.normalize(x, dim=1) @ F.normalize(c, dim=1).T).argmax(dim=1)
+    return torch.cdist(x, c).argmin(dim=1)
 
 
 def pick_partners(labels: torch.Tensor, bank_labels: torch.Tensor, centroids: torch.Tensor, rule: str = "farthest",

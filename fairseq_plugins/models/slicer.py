@@ -44,7 +44,13 @@ from fairseq.models import MODEL_REGISTRY, BaseFairseqModel, register_model
 from torch import nn
 
 from fairseq_plugins.compat import assert_registered
-from fairseq_plugins.data.spec_augment import PARTNER_RULES, MixBank, assign_clusters, random_resize_crop
+from fairseq_plugins.data.spec_augment import (
+    KMIX_METRICS,
+    PARTNER_RULES,
+    MixBank,
+    assign_clusters,
+    random_resize_crop,
+)
 from fairseq_plugins.modules.logmel import LogMelFrontend, RunningNorm
 
 logger = logging.getLogger(__name__)
@@ -84,6 +90,9 @@ class SlicerConfig(FairseqDataclass):
         default=True, metadata={"help": "save the mix bank in checkpoints (exact resume; mix_bank_size x n_mels "
                                         "x frames floats, ~50 MB at the paper's size)"})
     kmix_clusters: int = field(default=4, metadata={"help": "k of the k-means of k-mix (paper 4)"})
+    kmix_metric: str = field(
+        default="cosine", metadata={"help": f"k-mix k-means and cluster assignment: one of {KMIX_METRICS} (authors: "
+                                            "cosine = spherical k-means)"})
     kmix_rule: str = field(
         default="farthest", metadata={"help": f"k-mix partner cluster: one of {PARTNER_RULES} (authors: farthest)"})
     rrc: bool = field(default=True, metadata={"help": "BYOL-A random resize crop after mixing"})
@@ -222,6 +231,8 @@ class SlicerModel(BaseFairseqModel):
         super().__init__()
         if cfg.mix_mode not in MIX_MODES:
             raise ValueError(f"model.mix_mode={cfg.mix_mode!r}: expected one of {', '.join(MIX_MODES)}")
+        if cfg.kmix_metric not in KMIX_METRICS:
+            raise ValueError(f"model.kmix_metric={cfg.kmix_metric!r}: expected one of {', '.join(KMIX_METRICS)}")
         if cfg.kmix_rule not in PARTNER_RULES:
             raise ValueError(f"model.kmix_rule={cfg.kmix_rule!r}: expected one of {', '.join(PARTNER_RULES)}")
         self.cfg = cfg
@@ -348,7 +359,7 @@ class SlicerModel(BaseFairseqModel):
                 raise RuntimeError("model.mix_mode=kmix but the k-mix centroids were never fitted: the task "
                                    "slicer_pretraining fits them before the first epoch (or call "
                                    "set_kmix_centroids)")
-            labels = assign_clusters(raw.mean(dim=2), self.kmix_centroids)
+            labels = assign_clusters(raw.mean(dim=2), self.kmix_centroids, self.cfg.kmix_metric)
         v1, v2 = self.augment(x, labels), self.augment(x, labels)
         if self.cfg.mix_mode != "none" and not dummy_batch:
             self.bank.push(x, labels)

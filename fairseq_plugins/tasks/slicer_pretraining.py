@@ -27,7 +27,7 @@ from fairseq.tasks import TASK_REGISTRY, register_task
 from omegaconf import MISSING
 
 from fairseq_plugins.compat import assert_registered
-from fairseq_plugins.data.spec_augment import fit_kmix_centroids
+from fairseq_plugins.data.spec_augment import assign_clusters, fit_kmix_centroids
 from fairseq_plugins.tasks.base import UnlabelledAudioTask
 from manifests import manifest_io
 
@@ -168,10 +168,13 @@ class SlicerPretrainingTask(UnlabelledAudioTask):
         for i in range(0, n, 64):
             wav = torch.stack([ds.load(int(j), 0) for j in idx[i:i + 64]]).to(device)
             feats.append(model.frontend(wav).mean(dim=2).cpu())
-        centroids = fit_kmix_centroids(torch.cat(feats).numpy(), model.cfg.kmix_clusters, self.cfg.seed)
+        centroids = fit_kmix_centroids(torch.cat(feats).numpy(), model.cfg.kmix_clusters, self.cfg.seed,
+                                       model.cfg.kmix_metric)
         model.set_kmix_centroids(torch.from_numpy(centroids).to(device))
-        logger.info("k-mix: fitted %d centroids on %d of %d training items in %.1f s", centroids.shape[0], n,
-                    len(ds), time.time() - t0)
+        sizes = np.bincount(assign_clusters(torch.cat(feats), torch.from_numpy(centroids), model.cfg.kmix_metric)
+                            .numpy(), minlength=centroids.shape[0])
+        logger.info("k-mix: fitted %d centroids (%s k-means) on %d of %d training items in %.1f s; cluster sizes %s",
+                    centroids.shape[0], model.cfg.kmix_metric, n, len(ds), time.time() - t0, sizes.tolist())
         return centroids
 
 

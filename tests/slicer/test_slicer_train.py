@@ -121,7 +121,7 @@ def test_two_process_gloo_run_gathers_keys(data, tmp_path, batches):
                f"++distributed_training.distributed_init_method=tcp://127.0.0.1:{port}",
                f"++distributed_training.distributed_rank={rank}", "++distributed_training.distributed_no_spawn=true",
                "optimization.max_update=0", "++optimization.max_epoch=1", f"dataset.batch_size={bs}",
-               "model.queue_size=4096", f"distributed_training.ddp_backend={ddp_backend}"]
+               "model.queue_size=4096"]
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
         procs.append(subprocess.Popen(cmd, cwd=run, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                       env=env))

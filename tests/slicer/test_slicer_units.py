@@ -2,6 +2,7 @@
 import io
 import math
 
+import numpy as np
 import pytest
 import torch
 from fairseq.criterions import CRITERION_REGISTRY
@@ -9,7 +10,13 @@ from fairseq.models import MODEL_REGISTRY
 from fairseq.tasks import TASK_REGISTRY
 
 from fairseq_plugins.criterions.slicer import SlicerCriterion
-from fairseq_plugins.data.spec_augment import log_mixup_exp, pick_partners, random_resize_crop
+from fairseq_plugins.data.spec_augment import (
+    assign_clusters,
+    fit_kmix_centroids,
+    log_mixup_exp,
+    pick_partners,
+    random_resize_crop,
+)
 from fairseq_plugins.losses.slicer import cluster_contrast, cluster_entropy, symmetric_info_nce
 from fairseq_plugins.models.slicer import SlicerConfig, SlicerModel
 from fairseq_plugins.tasks.slicer_pretraining import SlicerPretrainingTask
@@ -26,8 +33,9 @@ def tiny_cfg(**kw) -> SlicerConfig:
 def tiny_model(**kw) -> SlicerModel:
     torch.manual_seed(0)
     model = SlicerModel(tiny_cfg(**kw))
-    if model.cfg.mix_mode == "kmix":
-        model.set_kmix_centroids(torch.stack([torch.full((16,), -8.0), torch.full((16,), -2.0)]))
+    if model.cfg.mix_mode == "kmix":  # what the task does before the first epoch, on the test batch itself
+        feats = model.frontend(batch()).mean(dim=2).numpy()
+        model.set_kmix_centroids(torch.from_numpy(fit_kmix_centroids(feats, 2, 0, model.cfg.kmix_metric)))
     return model
 
 
@@ -148,6 +156,24 @@ def test_kmix_picks_a_partner_from_another_cluster():
         pick_partners(labels, bank, centroids, "nearest")
 
 
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_kmix_kmeans_groups_by_direction_or_by_distance(metric):
+    # two spectral shapes (rising / falling over 8 bins), each at a quiet and a loud level
+    g = np.random.default_rng(0)
+    rise, fall = np.linspace(1, 2, 8), np.linspace(2, 1, 8)
+    shape = np.repeat([0, 1, 0, 1], 30)
+    level = np.repeat([1.0, 1.0, 20.0, 20.0], 30)
+    x = np.stack([rise, fall])[shape] * level[:, None] + g.normal(0, 0.01, (120, 8))
+    c = fit_kmix_centroids(x, 2, seed=0, metric=metric)
+    labels = assign_clusters(torch.from_numpy(x).float(), torch.from_numpy(c), metric).numpy()
+    by = shape if metric == "cosine" else (level > 1).astype(int)  # authors' spherical k-means: by shape
+    assert len(set(labels)) == 2 and all(len(set(labels[by == v])) == 1 for v in (0, 1))
+    if metric == "cosine":
+        np.testing.assert_allclose(np.linalg.norm(c, axis=1), 1.0, atol=1e-6)
+    with pytest.raises(ValueError, match="k-mix metric"):
+        fit_kmix_centroids(x, 2, metric="manhattan")
+
+
 def test_log_mixup_exp_and_random_resize_crop():
     x, y = torch.randn(3, 4, 5), torch.randn(3, 4, 5)
     torch.testing.assert_close(log_mixup_exp(x, y, torch.zeros(3)), x)
@@ -168,6 +194,8 @@ def test_save_resume_round_trip_of_teacher_queue_normaliser_centroids_and_bank()
     model = tiny_model().train()
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
     for step in range(3):
+        if step == 1:
+            assert len(set(model.bank.labels.tolist())) == 2  # k-mix has partners of another cluster
         model.set_num_updates(step)
         opt.zero_grad()
         loss_of(model, batch(seed=step)).backward()
