@@ -4,13 +4,18 @@
 #   bash examples/slicer/evidence.sh OUT_DIR        (after `make setup`; ~25 min per pre-training seed on 2 cores)
 #
 # Pre-training data : mini corpus (seed 0, 12 min, 24 voices) train split + procedural clips (seed 0, 48 per class)
-# Probe data        : a second mini corpus (seed 1, 12 min, 48 *other* voices) for speaker id, and keyword / clip
-#                     sets synthesised by the evaluation with --data-seed 1 (other voices, other clip draws)
+# Probe data        : a second mini corpus (seed 1, 12 min, 48 voices drawn with that seed, other sentences) for
+#                     speaker id, and keyword / clip sets synthesised by the evaluation with --data-seed 1 (other
+#                     voices and clip draws than the pre-training clips)
 # Variants          : slicer (k-mix + cluster loss), no_cluster (cluster + entropy weight 0), no_kmix (plain
 #                     log-mixup-exp), no_both; each pre-trained with every seed of SEEDS for UPDATES updates
-# Output            : OUT_DIR/eval/table.md (+ plots, results.jsonl); per-run logs in OUT_DIR/runs/*.log
+# Output            : OUT_DIR/eval$TAG/table.md (one column per run; + plots, results.jsonl) and
+#                     OUT_DIR/eval$TAG/pooled.md (mean ± std over pre-training seeds x probe seeds); run logs in
+#                     OUT_DIR/runs/*.log. Re-running skips finished runs (fairseq resumes from checkpoint_last).
 # Environment       : UPDATES (default 2000), SEEDS (default "1 2"), PROBE_SEEDS (default "0 1 2"), JOBS (parallel
-#                     pre-training runs, default 2; each uses one thread)
+#                     pre-training runs, default 2; each uses one thread), VARIANTS (default "slicer no_cluster
+#                     no_kmix no_both"), EXTRA (overrides for every run, e.g. "model.conv_channels=64"), TAG (suffix
+#                     of run and eval names, e.g. _w64)
 set -euo pipefail
 OUT=${1:?usage: evidence.sh OUT_DIR}
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
@@ -20,6 +25,9 @@ UPDATES=${UPDATES:-2000}
 SEEDS=${SEEDS:-1 2}
 PROBE_SEEDS=${PROBE_SEEDS:-0 1 2}
 JOBS=${JOBS:-2}
+VARIANTS=${VARIANTS:-slicer no_cluster no_kmix no_both}
+EXTRA=${EXTRA:-}
+TAG=${TAG:-}
 mkdir -p "$OUT/runs" && OUT=$(cd "$OUT" && pwd)
 cd "$REPO"
 export OMP_NUM_THREADS=1
@@ -35,19 +43,19 @@ declare -A VARIANT=(
   [no_both]="model.mix_mode=mixup criterion.cluster_weight=0 criterion.entropy_weight=0"
 )
 train() {  # NAME SEED
-  local name=$1 seed=$2 run=$OUT/runs/$1_s$2
+  local name=$1 seed=$2 run=$OUT/runs/$1${TAG}_s$2
   # shellcheck disable=SC2086
   "$BIN/fairseq-hydra-train" --config-dir examples/slicer/config --config-name slicer_tiny \
     task.data="$OUT/pretrain_corpus/manifest" "task.extra_data=[$OUT/pretrain_clips]" \
     checkpoint.save_dir="$run/ckpt" common.user_dir="$REPO/fairseq_plugins" hydra.run.dir="$run" \
     optimization.max_update="$UPDATES" common.seed="$seed" checkpoint.save_interval_updates=500 \
-    dataset.validate_interval_updates=500 ${VARIANT[$name]} > "$run.log" 2>&1 \
+    dataset.validate_interval_updates=500 ${VARIANT[$name]} $EXTRA > "$run.log" 2>&1 \
     || { echo "pre-training $name seed $seed failed: see $run.log" >&2; return 1; }
   echo "$(date +%T) pre-trained $name seed $seed: $(grep -o 'done training in .*' "$run.log")"
 }
 pids=()
 for seed in $SEEDS; do
-  for name in slicer no_cluster no_kmix no_both; do
+  for name in $VARIANTS; do
     train "$name" "$seed" & pids+=($!)
     while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do sleep 2; done
   done
@@ -56,11 +64,13 @@ for p in "${pids[@]}"; do wait "$p"; done
 
 ckpts=()
 for seed in $SEEDS; do
-  for name in slicer no_cluster no_kmix no_both; do
-    ckpts+=("${name}_s$seed=$OUT/runs/${name}_s$seed/ckpt/checkpoint_last.pt")
+  for name in $VARIANTS; do
+    ckpts+=("$name${TAG}_s$seed=$OUT/runs/$name${TAG}_s$seed/ckpt/checkpoint_last.pt")
   done
 done
+# shellcheck disable=SC2086
 "$VPY" -m fairseq_plugins.evaluate --user-dir fairseq_plugins --checkpoints "${ckpts[@]}" \
-  --manifest-dir "$OUT/probe_corpus/manifest" --tasks speaker_id,keyword,clip --out "$OUT/eval" \
+  --manifest-dir "$OUT/probe_corpus/manifest" --tasks speaker_id,keyword,clip --out "$OUT/eval$TAG" \
   --seeds $PROBE_SEEDS --data-seed 1 --keyword-repeats 4 --clips-per-class 48 12 24
-cat "$OUT/eval/table.md"
+"$VPY" -m fairseq_plugins.evaluate.pool_seeds "$OUT/eval$TAG/results.jsonl" > "$OUT/eval$TAG/pooled.md"
+cat "$OUT/eval$TAG/table.md" "$OUT/eval$TAG/pooled.md"
