@@ -152,9 +152,9 @@ def _index_batches(n: int, batch_size: int, gen: torch.Generator) -> List[torch.
 
 
 # ------------------------------------------------------------------------------------------------------
-# utterance-level classification (speaker id, keywords, clips): mean pooling + linear
-class PooledClassifier(nn.Module):
-    """``N x L x C`` time-means -> weighted sum -> linear -> ``N x K`` logits."""
+# linear classifiers on the weighted sum of layers: utterance level (time means) and frame level
+class LinearClassifier(nn.Module):
+    """``N x L x C`` (time-means of utterances, or frames) -> weighted sum -> linear -> ``N x K`` logits."""
 
     def __init__(self, num_layers: int, dim: int, num_classes: int, mean=None, std=None):
         super().__init__()
@@ -175,7 +175,7 @@ def train_pooled_classifier(train: Tuple[torch.Tensor, torch.Tensor], valid: Tup
     xtr, ytr = train
     mean, std = pooled_stats(xtr)
     torch.manual_seed(seed)
-    model = PooledClassifier(xtr.size(1), xtr.size(2), num_classes, mean, std)
+    model = LinearClassifier(xtr.size(1), xtr.size(2), num_classes, mean, std)
 
     def step(idx):
         return F.cross_entropy(model(xtr[idx]), ytr[idx])
@@ -206,18 +206,6 @@ def align_frames(labels: torch.Tensor, num_frames: int) -> torch.Tensor:
     return labels[idx]
 
 
-class FrameClassifier(nn.Module):
-    """``F x L x C`` frames -> weighted sum -> linear -> ``F x K`` logits."""
-
-    def __init__(self, num_layers: int, dim: int, num_classes: int, mean=None, std=None):
-        super().__init__()
-        self.mix = WeightedSum(num_layers, dim, mean, std)
-        self.head = nn.Linear(dim, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.mix(x))
-
-
 def _frames(feats: Sequence[torch.Tensor], labels: Sequence[torch.Tensor], idx: Sequence[int]):
     xs, ys = [], []
     for i in idx:
@@ -237,7 +225,7 @@ def train_frame_classifier(train: Tuple[Sequence[torch.Tensor], Sequence[torch.T
     h0 = ftr[0]
     mean, std = layer_stats(ftr[i] for i in range(len(ftr)))
     torch.manual_seed(seed)
-    model = FrameClassifier(h0.size(0), h0.size(2), num_classes, mean, std)
+    model = LinearClassifier(h0.size(0), h0.size(2), num_classes, mean, std)
 
     def step(idx):
         x, y = _frames(ftr, ltr, idx)

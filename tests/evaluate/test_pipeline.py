@@ -14,15 +14,6 @@ from fairseq_plugins.evaluate.pipeline import TASKS
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small models: a second intra-op thread only adds latency on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _files(d):
     return {os.path.relpath(os.path.join(r, f), d): open(os.path.join(r, f), "rb").read()
             for r, _, fs in os.walk(d) for f in fs}

@@ -1,5 +1,4 @@
 """Probes on synthetic features: separable -> high accuracy, shuffled labels -> chance, layer weights."""
-import pytest
 import torch
 
 from fairseq_plugins.evaluate.probes import (
@@ -16,15 +15,6 @@ from fairseq_plugins.evaluate.probes import (
 
 LAYERS, DIM, CLASSES = 4, 16, 4
 INFORMATIVE = 2
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: a second intra-op thread only adds latency (badly so on a shared, loaded machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _pooled_data(n: int, seed: int, shuffle: bool = False, informative: int = INFORMATIVE):
