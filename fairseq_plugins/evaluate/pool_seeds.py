@@ -48,15 +48,17 @@ def pool(rows: Sequence[Dict]) -> Tuple[List[str], List[str], Dict[Tuple[str, st
     recipes: List[str] = []
     values: Dict[Tuple[str, str], List[float]] = defaultdict(list)
     meta: Dict[str, Dict] = {}
+    seeded = set()
     for row in rows:
-        name, _ = recipe_of(row["upstream"])
+        name, seed = recipe_of(row["upstream"])
+        if seed is not None:
+            seeded.add(name)
         if row["task"] not in tasks:
             tasks.append(row["task"])
             meta[row["task"]] = row
         if name not in recipes:
             recipes.append(name)
         values[(row["task"], name)].append(float(row["value"]))
-    seeded = {recipe_of(row["upstream"])[0] for row in rows if recipe_of(row["upstream"])[1] is not None}
     recipes = [r for r in recipes if r in seeded] + [r for r in recipes if r not in seeded]  # baselines last
     return tasks, recipes, values, meta
 

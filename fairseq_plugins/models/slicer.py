@@ -331,9 +331,7 @@ class SlicerModel(BaseFairseqModel):
         """``B x S`` waveform -> (raw log-mel, normalised log-mel), both ``B x F x T`` float32."""
         with torch.no_grad():
             raw = self.frontend(source)
-            if update_norm:
-                self.norm.update(raw, contribute=contribute)
-            return raw, self.norm(raw, update=False)
+            return raw, self.norm(raw, update=update_norm, contribute=contribute)
 
     def _student_dtype(self) -> torch.dtype:
         return self.student.instance_head.weight.dtype

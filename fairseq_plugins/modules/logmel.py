@@ -93,8 +93,10 @@ class RunningNorm(nn.Module):
         var = (self.total_sq / self.count - mean * mean).clamp_min(0)
         return float(mean), float(var.sqrt()) + self.eps
 
-    def forward(self, x: torch.Tensor, update: Optional[bool] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, update: Optional[bool] = None, contribute: bool = True) -> torch.Tensor:
+        """Normalise ``x``; first absorb its statistics when ``update`` (default: while training), see
+        :meth:`update` for ``contribute``."""
         if update if update is not None else self.training:
-            self.update(x)
+            self.update(x, contribute=contribute)
         mean, std = self.mean_std()
         return (x - mean) / std

@@ -168,11 +168,11 @@ class SlicerPretrainingTask(UnlabelledAudioTask):
         for i in range(0, n, 64):
             wav = torch.stack([ds.load(int(j), 0) for j in idx[i:i + 64]]).to(device)
             feats.append(model.frontend(wav).mean(dim=2).cpu())
-        centroids = fit_kmix_centroids(torch.cat(feats).numpy(), model.cfg.kmix_clusters, self.cfg.seed,
-                                       model.cfg.kmix_metric)
+        feats = torch.cat(feats)
+        centroids = fit_kmix_centroids(feats.numpy(), model.cfg.kmix_clusters, self.cfg.seed, model.cfg.kmix_metric)
         model.set_kmix_centroids(torch.from_numpy(centroids).to(device))
-        sizes = np.bincount(assign_clusters(torch.cat(feats), torch.from_numpy(centroids), model.cfg.kmix_metric)
-                            .numpy(), minlength=centroids.shape[0])
+        sizes = np.bincount(assign_clusters(feats, torch.from_numpy(centroids), model.cfg.kmix_metric).numpy(),
+                            minlength=centroids.shape[0])
         logger.info("k-mix: fitted %d centroids (%s k-means) on %d of %d training items in %.1f s; cluster sizes %s",
                     centroids.shape[0], model.cfg.kmix_metric, n, len(ds), time.time() - t0, sizes.tolist())
         return centroids
