@@ -12,9 +12,12 @@ applies them once at import.
    other global (``os.system`` ...) is still refused. We never turn ``weights_only`` off: a user who trusts a
    file opts in with ``load_checkpoint_state(path, trust=True)`` or torch's own switch
    ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``.
-2. Registry clashes. fairseq's ``register_model``/``register_task``/``register_criterion`` silently keep an
-   existing class when a name is taken (fairseq main already has an unrelated ``laser`` task): after
-   registration :func:`assert_registered` checks that the name maps to our class.
+2. Registry clashes. When a name is taken, fairseq's ``register_model`` / ``register_task`` silently keep the
+   existing class and *return it*, so ``@register_model(name)`` rebinds the plugin's class name to the other
+   package's class (a check placed after the class statement then compares that class with itself);
+   ``register_criterion`` raises a ValueError that does not say who holds the name (fairseq main already has
+   an unrelated ``laser`` task). Every plugin component registers through :func:`register`, which checks the
+   registry before and after and raises :class:`RegistryClashError` naming both classes.
 3. torchaudio. The PyPI torchaudio for torch >= 2.11 is CUDA-only and raises ``OSError`` on import next to
    CPU torch. The plugin never imports it; :func:`optional_torchaudio` is the one guarded import for users
    who have a working copy.
@@ -23,7 +26,7 @@ import argparse
 import logging
 import os
 import pickle
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -104,14 +107,60 @@ def first_line(msg: str) -> str:
     return msg.splitlines()[0].strip() if msg else msg
 
 
-def assert_registered(registry: Dict[str, Any], name: str, cls: type, kind: str) -> None:
-    """Fail loudly when fairseq kept another class under ``name`` (its registries never raise on a clash)."""
-    found = registry.get(name)
-    if found is not cls:
-        raise RuntimeError(
-            f"fairseq {kind} registry maps {name!r} to {found!r}, not to fairseq_plugins' {cls!r}: another "
-            f"package registered that name first"
+class RegistryClashError(RuntimeError):
+    """A fairseq registry name the plugin needs is already held by another class."""
+
+
+def _fairseq_registry(kind: str) -> Tuple[Dict[str, Any], Callable]:
+    """fairseq's registry dict and register function for ``kind`` (model, task or criterion)."""
+    if kind == "model":
+        from fairseq.models import MODEL_REGISTRY, register_model
+
+        return MODEL_REGISTRY, register_model
+    if kind == "task":
+        from fairseq.tasks import TASK_REGISTRY, register_task
+
+        return TASK_REGISTRY, register_task
+    if kind == "criterion":
+        from fairseq.criterions import CRITERION_REGISTRY, register_criterion
+
+        return CRITERION_REGISTRY, register_criterion
+    raise ValueError(f"register: kind must be 'model', 'task' or 'criterion', got {kind!r}")
+
+
+def _qualified(cls: Any) -> str:
+    return f"{getattr(cls, '__module__', '?')}.{getattr(cls, '__qualname__', repr(cls))}"
+
+
+def register(kind: str, name: str, dataclass: Optional[type] = None) -> Callable[[type], type]:
+    """Class decorator: register the class under ``name`` in fairseq's ``kind`` registry, or fail loudly.
+
+    Use instead of ``@register_model`` / ``@register_task`` / ``@register_criterion``. It always returns the
+    decorated class itself (fairseq's model/task decorators return the *other* class on a clash) and raises
+    :class:`RegistryClashError`, naming the registered name, the class that holds it and ours, when the name is
+    taken before registration or does not map to our class after it.
+    """
+    registry, register_fn = _fairseq_registry(kind)
+
+    def clash(cls: type, found: Any) -> RegistryClashError:
+        return RegistryClashError(
+            f"fairseq {kind} name {name!r} is already registered to {_qualified(found)}, so fairseq_plugins "
+            f"cannot register {_qualified(cls)} under it: another package registered that name first (fairseq "
+            f"would silently keep the other class). Remove or rename the other registration."
         )
+
+    def decorate(cls: type) -> type:
+        found = registry.get(name)
+        if found is not None and found is not cls:
+            raise clash(cls, found)
+        if found is None:
+            register_fn(name, dataclass=dataclass)(cls)
+        found = registry.get(name)
+        if found is not cls:
+            raise clash(cls, found)
+        return cls
+
+    return decorate
 
 
 def optional_torchaudio() -> Optional[Any]:

@@ -1,7 +1,13 @@
-"""Each registered name maps to the plugin's own class: fairseq's registries silently keep the first class
-registered under a name, so a clash (fairseq main already has unrelated `laser` names) would otherwise go
-unnoticed. The expected names are listed here on purpose: removing or renaming one must fail a test."""
-import importlib
+"""Each registered name maps to the plugin's own class, compared by module and qualified name: fairseq's
+``register_model`` / ``register_task`` return the class already registered under a taken name, so the plugin's
+module attribute can itself be the other class and an identity check against it proves nothing. The expected
+names are listed here on purpose: removing or renaming one must fail a test. A clash is provoked for real in a
+subprocess (a foreign class registered first under a plugin name): importing the plugin must then fail, naming
+the name and both classes."""
+import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 from fairseq.criterions import CRITERION_REGISTRY
@@ -32,7 +38,8 @@ REGISTRIES = {"model": MODEL_REGISTRY, "task": TASK_REGISTRY, "criterion": CRITE
 
 @pytest.mark.parametrize("kind,name,module,cls", EXPECTED, ids=[f"{k}:{n}" for k, n, _, _ in EXPECTED])
 def test_name_maps_to_plugin_class(kind, name, module, cls):
-    assert REGISTRIES[kind][name] is getattr(importlib.import_module(module), cls)
+    registered = REGISTRIES[kind][name]
+    assert (registered.__module__, registered.__qualname__) == (module, cls)
 
 
 def test_no_bare_laser_name():
@@ -47,3 +54,38 @@ def test_every_plugin_registration_is_listed():
         for name, cls in registry.items():
             if getattr(cls, "__module__", "").startswith("fairseq_plugins"):
                 assert (kind, name) in listed, f"{kind} {name} ({cls.__module__}) is not listed in EXPECTED"
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FOREIGN = {
+    "model": ("fairseq.models", "register_model", "BaseFairseqModel"),
+    "task": ("fairseq.tasks", "register_task", "FairseqTask"),
+    "criterion": ("fairseq.criterions", "register_criterion", "FairseqCriterion"),
+}
+
+
+@pytest.mark.parametrize("kind,name,module,cls", [
+    ("model", "slicer", "fairseq_plugins.models.slicer", "SlicerModel"),
+    ("task", "laser_finetune", "fairseq_plugins.tasks.laser_finetune", "LaserFinetuneTask"),
+    ("criterion", "soft_dtw", "fairseq_plugins.criterions.soft_dtw", "SoftDTWCriterion"),
+], ids=["model", "task", "criterion"])
+def test_import_fails_when_a_foreign_class_holds_a_plugin_name(kind, name, module, cls):
+    fs_module, register_fn, base = FOREIGN[kind]
+    script = textwrap.dedent(f"""
+        from {fs_module} import {register_fn}, {base}
+
+        @{register_fn}({name!r})
+        class ForeignThing({base}):
+            pass
+
+        import fairseq_plugins  # must refuse: {name!r} is taken
+        print("IMPORTED")
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "IMPORTED" not in out, f"the plugin imported over a foreign {kind}:\n{out[-3000:]}"
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("fairseq_plugins.compat.RegistryClashError: "), out[-3000:]
+    assert f"fairseq {kind} name {name!r} is already registered to __main__.ForeignThing" in last
+    assert f"cannot register {module}.{cls} under it" in last

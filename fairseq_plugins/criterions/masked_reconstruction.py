@@ -7,10 +7,9 @@ Registers the criterion ``masked_reconstruction``.
 """
 from dataclasses import dataclass
 
-from fairseq.criterions import CRITERION_REGISTRY, register_criterion
 from fairseq.dataclass import FairseqDataclass
 
-from fairseq_plugins.compat import assert_registered
+from fairseq_plugins.compat import register
 from fairseq_plugins.criterions.simsiam_recon import SimsiamReconCriterion
 
 CRITERION_NAME = "masked_reconstruction"
@@ -21,12 +20,9 @@ class MaskedReconstructionCriterionConfig(FairseqDataclass):
     pass
 
 
-@register_criterion(CRITERION_NAME, dataclass=MaskedReconstructionCriterionConfig)
+@register("criterion", CRITERION_NAME, dataclass=MaskedReconstructionCriterionConfig)
 class MaskedReconstructionCriterion(SimsiamReconCriterion):
     """``simsiam_recon`` with the SimSiam weight fixed at 0."""
 
     def __init__(self, task):
         super().__init__(task, recon_weight=1.0, simsiam_weight=0.0)
-
-
-assert_registered(CRITERION_REGISTRY, CRITERION_NAME, MaskedReconstructionCriterion, "criterion")

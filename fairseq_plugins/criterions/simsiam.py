@@ -7,10 +7,9 @@ Registers the criterion ``simsiam``.
 """
 from dataclasses import dataclass, field
 
-from fairseq.criterions import CRITERION_REGISTRY, register_criterion
 from fairseq.dataclass import FairseqDataclass
 
-from fairseq_plugins.compat import assert_registered
+from fairseq_plugins.compat import register
 from fairseq_plugins.criterions.simsiam_recon import SimsiamReconCriterion
 
 CRITERION_NAME = "simsiam"
@@ -23,13 +22,10 @@ class SimsiamCriterionConfig(FairseqDataclass):
                                        "model.frame_simsiam=true)"})
 
 
-@register_criterion(CRITERION_NAME, dataclass=SimsiamCriterionConfig)
+@register("criterion", CRITERION_NAME, dataclass=SimsiamCriterionConfig)
 class SimsiamCriterion(SimsiamReconCriterion):
     """``simsiam_recon`` with the reconstruction weight fixed at 0."""
 
     def __init__(self, task, frame_simsiam_weight: float = 1.0):
         super().__init__(task, recon_weight=0.0, simsiam_weight=1.0,
                          frame_simsiam_weight=frame_simsiam_weight)
-
-
-assert_registered(CRITERION_REGISTRY, CRITERION_NAME, SimsiamCriterion, "criterion")

@@ -23,10 +23,9 @@ from dataclasses import dataclass, field
 from typing import Dict, Tuple
 
 import torch
-from fairseq.criterions import CRITERION_REGISTRY, register_criterion
 from fairseq.dataclass import FairseqDataclass
 
-from fairseq_plugins.compat import assert_registered
+from fairseq_plugins.compat import register
 from fairseq_plugins.criterions.base import PluginCriterion, weighted
 from fairseq_plugins.losses.simsiam import collapse_std, healthy_std, masked_l1, simsiam_loss
 
@@ -48,7 +47,7 @@ class SimsiamReconCriterionConfig(FairseqDataclass):
                                        "model.frame_simsiam=true)"})
 
 
-@register_criterion(CRITERION_NAME, dataclass=SimsiamReconCriterionConfig)
+@register("criterion", CRITERION_NAME, dataclass=SimsiamReconCriterionConfig)
 class SimsiamReconCriterion(PluginCriterion):
     """See the module docstring."""
 
@@ -109,6 +108,3 @@ class SimsiamReconCriterion(PluginCriterion):
         for key, value in terms.items():
             logging_output[key] = weighted(value, sample_size)
         return loss * sample_size, sample_size, logging_output
-
-
-assert_registered(CRITERION_REGISTRY, CRITERION_NAME, SimsiamReconCriterion, "criterion")

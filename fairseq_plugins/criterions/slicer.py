@@ -8,10 +8,9 @@ the arg-max of at least one item) as a collapse monitor. Registers the criterion
 """
 from dataclasses import dataclass, field
 
-from fairseq.criterions import CRITERION_REGISTRY, register_criterion
 from fairseq.dataclass import FairseqDataclass
 
-from fairseq_plugins.compat import assert_registered
+from fairseq_plugins.compat import register
 from fairseq_plugins.criterions.base import PluginCriterion, weighted
 from fairseq_plugins.losses.slicer import cluster_contrast, symmetric_info_nce
 
@@ -28,7 +27,7 @@ class SlicerCriterionConfig(FairseqDataclass):
     cluster_temperature: float = field(default=1.0, metadata={"help": "cluster NT-Xent temperature"})
 
 
-@register_criterion(CRITERION_NAME, dataclass=SlicerCriterionConfig)
+@register("criterion", CRITERION_NAME, dataclass=SlicerCriterionConfig)
 class SlicerCriterion(PluginCriterion):
     def __init__(self, task, instance_weight: float = 1.0, cluster_weight: float = 1.0,
                  entropy_weight: float = 1.0, instance_temperature: float = 0.07, cluster_temperature: float = 1.0):
@@ -57,6 +56,3 @@ class SlicerCriterion(PluginCriterion):
             "sample_size": sample_size, "nsentences": b, "ntokens": b,
         }
         return loss * sample_size, sample_size, logging_output
-
-
-assert_registered(CRITERION_REGISTRY, CRITERION_NAME, SlicerCriterion, "criterion")

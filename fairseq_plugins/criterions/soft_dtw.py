@@ -13,10 +13,9 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
-from fairseq.criterions import CRITERION_REGISTRY, register_criterion
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 
-from fairseq_plugins.compat import assert_registered
+from fairseq_plugins.compat import register
 from fairseq_plugins.criterions.base import PluginCriterion, weighted
 from fairseq_plugins.losses.idm import contrastive_idm
 from fairseq_plugins.losses.soft_dtw import soft_dtw_divergence
@@ -45,7 +44,7 @@ class SoftDTWCriterionConfig(FairseqDataclass):
         default="auto", metadata={"help": "soft-DTW implementation: auto, torch or cpp"})
 
 
-@register_criterion("soft_dtw", dataclass=SoftDTWCriterionConfig)
+@register("criterion", "soft_dtw", dataclass=SoftDTWCriterionConfig)
 class SoftDTWCriterion(PluginCriterion):
     def __init__(self, cfg: SoftDTWCriterionConfig, task):
         super().__init__(task)
@@ -94,6 +93,3 @@ class SoftDTWCriterion(PluginCriterion):
             "ntokens": frames,
         }
         return loss, n, log
-
-
-assert_registered(CRITERION_REGISTRY, "soft_dtw", SoftDTWCriterion, "criterion")

@@ -9,10 +9,9 @@ writes are ordinary ``HubertCtc`` checkpoints.
 """
 from dataclasses import dataclass, field
 
-from fairseq.models import MODEL_REGISTRY, register_model
 from fairseq.models.hubert.hubert_asr import HubertCtc, HubertCtcConfig
 
-from fairseq_plugins.compat import assert_registered
+from fairseq_plugins.compat import register
 
 
 @dataclass
@@ -22,9 +21,6 @@ class HubertCtcCompatConfig(HubertCtcConfig):
     )
 
 
-@register_model("hubert_ctc_compat", dataclass=HubertCtcCompatConfig)
+@register("model", "hubert_ctc_compat", dataclass=HubertCtcCompatConfig)
 class HubertCtcCompat(HubertCtc):
     """fairseq's ``HubertCtc``; only the config class differs (``HubertCtc.build_model`` builds ``cls``)."""
-
-
-assert_registered(MODEL_REGISTRY, "hubert_ctc_compat", HubertCtcCompat, "model")

@@ -18,11 +18,11 @@ from typing import Any, Dict, List, Optional
 import torch
 import torch.nn.functional as F
 from fairseq.dataclass import FairseqDataclass
-from fairseq.models import MODEL_REGISTRY, BaseFairseqModel, register_model
+from fairseq.models import BaseFairseqModel
 from omegaconf import MISSING, OmegaConf
 from torch import nn
 
-from fairseq_plugins.compat import assert_registered
+from fairseq_plugins.compat import register
 from fairseq_plugins.modules.backbones import Backbone, build_backbone_from_spec, load_backbone
 
 logger = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ def freeze_except(module: nn.Module, names: List[str]) -> List[str]:
     return trainable
 
 
-@register_model("laser_finetune", dataclass=LaserFinetuneModelConfig)
+@register("model", "laser_finetune", dataclass=LaserFinetuneModelConfig)
 class LaserFinetuneModel(BaseFairseqModel):
     def __init__(self, cfg: LaserFinetuneModelConfig, backbone: Backbone):
         super().__init__()
@@ -172,6 +172,3 @@ class LaserFinetuneModel(BaseFairseqModel):
         if hasattr(self.backbone, "release_state_dict"):  # WavLM: module names -> release names
             return self.backbone.release_state_dict()
         return {k: v.detach().clone() for k, v in self.backbone.state_dict().items()}
-
-
-assert_registered(MODEL_REGISTRY, "laser_finetune", LaserFinetuneModel, "model")

@@ -31,10 +31,9 @@ import numpy as np
 import torch
 from fairseq.data.data_utils import compute_mask_indices
 from fairseq.dataclass import ChoiceEnum
-from fairseq.models import MODEL_REGISTRY, register_model
 from fairseq.models.hubert.hubert import HubertConfig, HubertModel
 
-from fairseq_plugins.compat import assert_registered
+from fairseq_plugins.compat import register
 from fairseq_plugins.modules.heads import LogMelTarget, PredictorMLP, ProjectorMLP, ReconstructionHead
 
 logger = logging.getLogger(__name__)
@@ -123,7 +122,7 @@ def conv_geometry(conv_feature_layers: str):
     return rf, stride
 
 
-@register_model(MODEL_NAME, dataclass=SimsiamReconConfig)
+@register("model", MODEL_NAME, dataclass=SimsiamReconConfig)
 class SimsiamReconModel(HubertModel):
     """See the module docstring. Built by the ``multiview_audio_pretraining`` task."""
 
@@ -352,6 +351,3 @@ class SimsiamReconModel(HubertModel):
                 counts[name] = sum(p.numel() for p in module.parameters())
         counts["encoder"] = counts["total"] - sum(v for k, v in counts.items() if k != "total")
         return counts
-
-
-assert_registered(MODEL_REGISTRY, MODEL_NAME, SimsiamReconModel, "model")

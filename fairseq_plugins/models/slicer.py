@@ -40,10 +40,10 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from fairseq.dataclass import FairseqDataclass
-from fairseq.models import MODEL_REGISTRY, BaseFairseqModel, register_model
+from fairseq.models import BaseFairseqModel
 from torch import nn
 
-from fairseq_plugins.compat import assert_registered
+from fairseq_plugins.compat import register
 from fairseq_plugins.data.spec_augment import (
     KMIX_METRICS,
     PARTNER_RULES,
@@ -225,7 +225,7 @@ def grouped(fn, x: torch.Tensor, groups: int, perm: Optional[torch.Tensor] = Non
     return out
 
 
-@register_model(MODEL_NAME, dataclass=SlicerConfig)
+@register("model", MODEL_NAME, dataclass=SlicerConfig)
 class SlicerModel(BaseFairseqModel):
     def __init__(self, cfg: SlicerConfig):
         super().__init__()
@@ -401,6 +401,3 @@ class SlicerModel(BaseFairseqModel):
             n = self.frontend.num_frames((~padding_mask).sum(1)) // 8
             frame_mask = torch.arange(frames.size(1), device=frames.device)[None] >= n[:, None]
         return {"x": frames, "pooled": SlicerEncoder.pool(frames, frame_mask), "padding_mask": frame_mask}
-
-
-assert_registered(MODEL_REGISTRY, MODEL_NAME, SlicerModel, "model")

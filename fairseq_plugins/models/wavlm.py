@@ -17,11 +17,10 @@ from typing import Any, Dict, List, Optional
 
 import torch
 from fairseq.data.dictionary import Dictionary
-from fairseq.models import MODEL_REGISTRY, register_model
 from fairseq.models.hubert.hubert import HubertConfig, HubertModel
 from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig, HubertPretrainingTask
 
-from fairseq_plugins.compat import assert_registered
+from fairseq_plugins.compat import register
 from fairseq_plugins.modules.wavlm import (
     ARCHITECTURE_KEYS,
     BACKBONE_PREFIXES,
@@ -133,5 +132,4 @@ class _BackboneView(torch.nn.Module):
                 self.add_module(name, value)
 
 
-register_model(MODEL_NAME, dataclass=WavLMPretrainConfig)(WavLMModel)
-assert_registered(MODEL_REGISTRY, MODEL_NAME, WavLMModel, "model")
+register("model", MODEL_NAME, dataclass=WavLMPretrainConfig)(WavLMModel)

@@ -12,10 +12,9 @@ from dataclasses import dataclass, field
 from typing import List
 
 from fairseq.dataclass import FairseqDataclass
-from fairseq.tasks import TASK_REGISTRY, register_task
 from omegaconf import MISSING
 
-from fairseq_plugins.compat import assert_registered
+from fairseq_plugins.compat import register
 from fairseq_plugins.data.laser_pairs import LaserPairDataset
 from fairseq_plugins.tasks.base import UnlabelledAudioTask
 
@@ -49,7 +48,7 @@ class LaserFinetuneConfig(FairseqDataclass):
     seed: int = field(default=1, metadata={"help": "seed of the view augmentations (with epoch and index)"})
 
 
-@register_task("laser_finetune", dataclass=LaserFinetuneConfig)
+@register("task", "laser_finetune", dataclass=LaserFinetuneConfig)
 class LaserFinetuneTask(UnlabelledAudioTask):
     cfg: LaserFinetuneConfig
 
@@ -70,6 +69,3 @@ class LaserFinetuneTask(UnlabelledAudioTask):
             min_sample_size=self.cfg.min_sample_size, max_sample_size=self.cfg.max_sample_size,
             seed=self.cfg.seed, swap_prob=self.cfg.swap_prob,
         )
-
-
-assert_registered(TASK_REGISTRY, "laser_finetune", LaserFinetuneTask, "task")

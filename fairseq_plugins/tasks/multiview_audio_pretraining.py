@@ -19,11 +19,10 @@ from typing import List, Optional
 
 from fairseq.data import SubsampleDataset
 from fairseq.data.text_compressor import TextCompressionLevel
-from fairseq.tasks import TASK_REGISTRY, register_task
 from fairseq.tasks.audio_pretraining import AudioPretrainingConfig, AudioPretrainingTask
 from omegaconf import II
 
-from fairseq_plugins.compat import assert_registered
+from fairseq_plugins.compat import register
 from fairseq_plugins.data.augment import AugmentationChain
 from fairseq_plugins.data.multiview_dataset import MultiviewAudioDataset
 
@@ -85,7 +84,7 @@ class MultiviewAudioPretrainingConfig(AudioPretrainingConfig):
     train_subset: str = II("dataset.train_subset")
 
 
-@register_task(TASK_NAME, dataclass=MultiviewAudioPretrainingConfig)
+@register("task", TASK_NAME, dataclass=MultiviewAudioPretrainingConfig)
 class MultiviewAudioPretrainingTask(AudioPretrainingTask):
     """See the module docstring. Unsupported ``audio_pretraining`` options raise at setup."""
 
@@ -167,6 +166,3 @@ class MultiviewAudioPretrainingTask(AudioPretrainingTask):
         logger.info("%s: %d utterances, %d views, augmentations %s%s", split, len(dataset), cfg.num_views,
                     augment.specs() if augment is not None else "none",
                     " (aligned views)" if cfg.aligned_views else "")
-
-
-assert_registered(TASK_REGISTRY, TASK_NAME, MultiviewAudioPretrainingTask, "task")

@@ -23,10 +23,9 @@ import soundfile as sf
 import torch
 from fairseq.data import FairseqDataset
 from fairseq.dataclass import FairseqDataclass
-from fairseq.tasks import TASK_REGISTRY, register_task
 from omegaconf import MISSING
 
-from fairseq_plugins.compat import assert_registered
+from fairseq_plugins.compat import register
 from fairseq_plugins.data.spec_augment import assign_clusters, fit_kmix_centroids
 from fairseq_plugins.tasks.base import UnlabelledAudioTask
 from manifests import manifest_io
@@ -117,7 +116,7 @@ class CropDataset(FairseqDataset):
         return np.random.default_rng([self.seed, self.epoch]).permutation(len(self))
 
 
-@register_task(TASK_NAME, dataclass=SlicerPretrainingConfig)
+@register("task", TASK_NAME, dataclass=SlicerPretrainingConfig)
 class SlicerPretrainingTask(UnlabelledAudioTask):
     cfg: SlicerPretrainingConfig
 
@@ -176,6 +175,3 @@ class SlicerPretrainingTask(UnlabelledAudioTask):
         logger.info("k-mix: fitted %d centroids (%s k-means) on %d of %d training items in %.1f s; cluster sizes %s",
                     centroids.shape[0], model.cfg.kmix_metric, n, len(ds), time.time() - t0, sizes.tolist())
         return centroids
-
-
-assert_registered(TASK_REGISTRY, TASK_NAME, SlicerPretrainingTask, "task")
