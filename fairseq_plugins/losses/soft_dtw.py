@@ -7,9 +7,12 @@ soft-min weights, so the backward (the recursion for E, then the chain rule thro
 with two batched matmuls) is exact; recomputing the weights from differences of large accumulated sums, as
 the paper does, loses precision in float32. Two backends: a compiled C++ CPU kernel (items processed as SIMD
 lanes, several rows swept along their anti-diagonals so that independent cells hide the exp/log latency,
-groups of items in parallel), built lazily on first use, and a pure-torch anti-diagonal wavefront (one
-batched vector op sequence per diagonal) that also runs on CUDA tensors and is the fallback when the kernel
-cannot be compiled.
+groups of items in parallel), built lazily on first use from ``_sdtw_cpu.cpp`` (shipped as package data), and
+a pure-torch anti-diagonal wavefront (one batched vector op sequence per diagonal) that also runs on CUDA
+tensors. The choice is explicit: ``backend="cpp"`` raises when the kernel cannot be built (with the compiler's
+reason), ``"torch"`` never compiles anything, and ``"auto"`` (the default) logs once per device type which
+backend it uses and why (a kernel that fails to build is a WARNING). :func:`selected_backend` answers the same
+question without running anything.
 """
 
 from __future__ import annotations
@@ -33,8 +36,10 @@ __all__ = [
     "SoftDTW",
     "clear_workspace_cache",
     "cpp_backend_available",
+    "cpp_backend_error",
     "expected_alignment",
     "pairwise_sq_dists",
+    "selected_backend",
     "soft_dtw",
     "soft_dtw_divergence",
 ]
@@ -130,8 +135,30 @@ def _resolve_backend(backend: Optional[str], device: torch.device) -> str:
             )
         return "cpp"
     if name == "auto":
-        return "cpp" if device.type == "cpu" and _load_cpp() is not None else "torch"
+        if device.type != "cpu":
+            chosen, level, why = "torch", logging.INFO, f"tensors are on {device.type} (the C++ kernel is CPU-only)"
+        elif _load_cpp() is not None:
+            chosen, level, why = "cpp", logging.INFO, f"the compiled CPU kernel built from {_CPP_SOURCE}"
+        else:
+            chosen, level, why = "torch", logging.WARNING, (
+                f"the compiled CPU kernel is unavailable ({_cpp_error}); pass backend='cpp' to make this an error"
+            )
+        if device.type not in _auto_logged:
+            _auto_logged.add(device.type)
+            logger.log(level, "soft_dtw: backend 'auto' on %s uses '%s': %s", device.type, chosen, why)
+        return chosen
     return "torch"
+
+
+#: device types for which 'auto' has said which backend it uses (it says so once per device type)
+_auto_logged = set()
+
+
+def selected_backend(backend: Optional[str] = None, device: Union[str, torch.device] = "cpu") -> str:
+    """The backend ("cpp" or "torch") that soft_dtw would use for tensors on ``device`` with ``backend``
+    (None: the ``FAIRSEQ_PLUGINS_SDTW_BACKEND`` environment variable, else "auto"). Builds the kernel if
+    needed; raises like soft_dtw does for an unknown name or an unavailable 'cpp'."""
+    return _resolve_backend(backend, torch.device(device))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -278,8 +305,12 @@ def _cpu_signature() -> str:
     return platform.machine() + platform.processor()
 
 
+_CPP_SOURCE = Path(__file__).with_name("_sdtw_cpu.cpp")
+
+
 def _load_cpp():
-    """torch.ops namespace of the compiled kernel, or None if it cannot be built (warned once)."""
+    """torch.ops namespace of the compiled kernel, or None if it cannot be built (the reason is kept in
+    ``_cpp_error``; 'auto' logs it, 'cpp' raises with it)."""
     global _cpp_ops, _cpp_error, _cpp_tried
     if _cpp_tried:
         return _cpp_ops
@@ -289,7 +320,9 @@ def _load_cpp():
         try:
             from torch.utils import cpp_extension
 
-            src = Path(__file__).with_name("_sdtw_cpu.cpp")
+            src = _CPP_SOURCE
+            if not src.is_file():
+                raise FileNotFoundError(f"{src} is missing (the package was installed without its package data)")
             base = ["-O3", "-ffp-contract=fast", "-fopenmp"]
             last: Optional[BaseException] = None
             for flags in (base + ["-march=native"], base):
@@ -310,11 +343,8 @@ def _load_cpp():
                     last = err
             if _cpp_ops is None:
                 raise RuntimeError(str(last))
-        except Exception as err:
+        except Exception as err:  # kept, not swallowed: 'cpp' raises with it, 'auto' logs it as a warning
             _cpp_error = err
-            logger.warning(
-                "soft_dtw: the compiled CPU kernel is unavailable, using the pure-torch path (%s)", err
-            )
         _cpp_tried = True
     return _cpp_ops
 
@@ -322,6 +352,12 @@ def _load_cpp():
 def cpp_backend_available() -> bool:
     """True if the compiled CPU kernel can be used (compiles it on the first call)."""
     return _load_cpp() is not None
+
+
+def cpp_backend_error() -> Optional[BaseException]:
+    """Why the compiled CPU kernel cannot be used (None if it can); compiles it on the first call."""
+    _load_cpp()
+    return _cpp_error
 
 
 _PARALLEL_CELLS = 1 << 18  # kParallelCells of _sdtw_cpu.cpp

@@ -1,5 +1,8 @@
 """Soft-DTW: both backends against a naive O(NM) float64 reference (values, gradients, lengths, band),
-gradcheck, float32 precision, divergence, expected alignment, error messages, backend selection."""
+gradcheck, float32 precision, divergence, expected alignment, error messages, backend selection.
+
+The compiled kernel is part of the feature on the project's machines (Linux, a C++ compiler): nothing here skips
+when it cannot be built; the cpp-parametrised tests and test_compiled_kernel_builds_here fail instead."""
 
 import logging
 import math
@@ -12,15 +15,23 @@ from fairseq_plugins.losses.soft_dtw import (
     BACKEND_ENV,
     SoftDTW,
     cpp_backend_available,
+    cpp_backend_error,
     expected_alignment,
+    selected_backend,
     soft_dtw,
     soft_dtw_divergence,
 )
 
 sdtw_mod = sys.modules["fairseq_plugins.losses.soft_dtw"]
 
-NO_CPP = pytest.mark.skipif(not cpp_backend_available(), reason="no compiler")
-BACKENDS = ["torch", pytest.param("cpp", marks=NO_CPP)]
+BACKENDS = ["torch", "cpp"]
+
+
+def test_compiled_kernel_builds_here():
+    """`make test` fails on a machine where the C++ kernel does not build, naming the compiler's reason."""
+    assert cpp_backend_available(), f"the soft-DTW C++ kernel does not build here: {cpp_backend_error()}"
+    assert selected_backend("auto", "cpu") == "cpp" and selected_backend("cpp") == "cpp"
+    assert selected_backend("torch") == "torch"
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -135,8 +146,6 @@ def test_float32_gradients_are_exact(backend, exact_cost, tol):
 
 
 def test_backends_agree():
-    if not cpp_backend_available():
-        pytest.skip("no compiler")
     x, y = make_pair(5, 37, 29, 6, seed=5)
     xl, yl = [37, 30, 1, 12, 20], [29, 29, 4, 1, 25]
     for band in (None, 3.0):
@@ -156,8 +165,6 @@ def test_backends_agree():
 
 def test_cpp_lanes_agree():
     """Every SIMD group width of the kernel (1, 2, 4, 8 items) gives the same values and alignments."""
-    if not cpp_backend_available():
-        pytest.skip("no compiler")
     ops = sdtw_mod._load_cpp()
     g = torch.Generator().manual_seed(6)
     cost = torch.rand(11, 23, 19, generator=g, dtype=torch.float64)
@@ -366,8 +373,21 @@ def test_backend_selection(monkeypatch):
         soft_dtw(x, y, backend="gpu")
 
 
+def test_auto_says_once_which_backend_and_why(monkeypatch, caplog):
+    monkeypatch.setattr(sdtw_mod, "_auto_logged", set())
+    monkeypatch.delenv(BACKEND_ENV, raising=False)
+    x, y = make_pair(1, 3, 4, 2, seed=14)
+    with caplog.at_level(logging.INFO, logger=sdtw_mod.__name__):
+        for _ in range(3):
+            soft_dtw(x, y)
+        soft_dtw(x, y, backend="torch")
+    said = [r.getMessage() for r in caplog.records if "backend 'auto'" in r.getMessage()]
+    assert said == [f"soft_dtw: backend 'auto' on cpu uses 'cpp': the compiled CPU kernel built from "
+                    f"{sdtw_mod._CPP_SOURCE}"]
+
+
 def test_compile_failure_falls_back_once(monkeypatch, caplog):
-    """No compiler: one warning, 'auto' uses the torch path, an explicit 'cpp' raises."""
+    """No compiler: 'auto' warns once (with the reason) and uses the torch path, an explicit 'cpp' raises."""
     from torch.utils import cpp_extension
 
     def broken_load(*args, **kwargs):
@@ -376,16 +396,33 @@ def test_compile_failure_falls_back_once(monkeypatch, caplog):
     monkeypatch.setattr(sdtw_mod, "_cpp_tried", False)
     monkeypatch.setattr(sdtw_mod, "_cpp_ops", None)
     monkeypatch.setattr(sdtw_mod, "_cpp_error", None)
+    monkeypatch.setattr(sdtw_mod, "_auto_logged", set())
     monkeypatch.setattr(cpp_extension, "load", broken_load)
     monkeypatch.delenv(BACKEND_ENV, raising=False)
     x, y = make_pair(1, 3, 4, 2, seed=14)
-    with caplog.at_level(logging.WARNING, logger=sdtw_mod.__name__):
+    with caplog.at_level(logging.INFO, logger=sdtw_mod.__name__):
         a = soft_dtw(x, y)
         b = soft_dtw(x, y, backend="auto")
     torch.testing.assert_close(a, b)
-    warnings = [r for r in caplog.records if "compiled CPU kernel is unavailable" in r.getMessage()]
-    assert len(warnings) == 1 and "no c++ compiler" in warnings[0].getMessage()
-    with pytest.raises(RuntimeError, match="backend 'cpp' requested but the CPU kernel is unavailable"):
+    assert selected_backend() == "torch" and not cpp_backend_available()
+    said = [r for r in caplog.records if "backend 'auto'" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelno == logging.WARNING
+    assert said[0].getMessage() == (
+        "soft_dtw: backend 'auto' on cpu uses 'torch': the compiled CPU kernel is unavailable (no c++ compiler); "
+        "pass backend='cpp' to make this an error"
+    )
+    with pytest.raises(RuntimeError, match="backend 'cpp' requested but the CPU kernel is unavailable: no c"):
+        soft_dtw(x, y, backend="cpp")
+
+
+def test_missing_kernel_source_is_named(monkeypatch, tmp_path):
+    """A package installed without _sdtw_cpu.cpp: 'cpp' raises naming the missing file."""
+    monkeypatch.setattr(sdtw_mod, "_cpp_tried", False)
+    monkeypatch.setattr(sdtw_mod, "_cpp_ops", None)
+    monkeypatch.setattr(sdtw_mod, "_cpp_error", None)
+    monkeypatch.setattr(sdtw_mod, "_CPP_SOURCE", tmp_path / "_sdtw_cpu.cpp")
+    x, y = make_pair(1, 3, 4, 2, seed=14)
+    with pytest.raises(RuntimeError, match=r"_sdtw_cpu.cpp is missing \(the package was installed without"):
         soft_dtw(x, y, backend="cpp")
 
 
