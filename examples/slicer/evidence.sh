@@ -7,8 +7,9 @@
 # Probe data        : a second mini corpus (seed 1, 12 min, 48 voices drawn with that seed, other sentences) for
 #                     speaker id, and keyword / clip sets synthesised by the evaluation with --data-seed 1 (other
 #                     voices and clip draws than the pre-training clips)
-# Variants          : slicer (k-mix + cluster loss), no_cluster (cluster + entropy weight 0), no_kmix (plain
-#                     log-mixup-exp), no_both; each pre-trained with every seed of SEEDS for UPDATES updates
+# Variants          : slicer (the authors' chain log-mixup-exp -> resize crop -> k-mix, + cluster loss), no_cluster
+#                     (cluster + entropy weight 0), no_kmix (the same chain without k-mix), no_both; each removes
+#                     exactly one piece; each pre-trained with every seed of SEEDS for UPDATES updates
 # Output            : OUT_DIR/eval$TAG/table.md (one column per run; + plots, results.jsonl) and
 #                     OUT_DIR/eval$TAG/pooled.md (mean ± std over pre-training seeds x probe seeds); run logs in
 #                     OUT_DIR/runs/*.log. Re-running skips finished runs (fairseq resumes from checkpoint_last).

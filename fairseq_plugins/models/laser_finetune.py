@@ -5,7 +5,12 @@ frames of the last transformer layer go through Linear(C -> 256) and are L2-norm
 transformer layers and ``encoder.layer_norm`` train (chosen by module name, never by parameter index); layer-drop
 is off. The projection is discarded after training: ``python -m fairseq_plugins.export_laser`` writes the tuned
 backbone back in its release format. For SCORE (ICASSP 2024), ``frozen_reference`` keeps a frozen copy of the
-original backbone that encodes view 2.
+original backbone that encodes view 2 (``reference_dropout``: in train mode, as in the SCORE authors' code).
+
+Padded batches: fairseq's wav2vec 2.0 / HuBERT Base extractor (``extractor_mode="default"``) normalises the first
+conv layer with a GroupNorm over the whole (padded) time axis, so a padded item is encoded differently from the
+same item alone. With ``encode_per_item`` (default) every item of a padded batch is encoded on its own, unpadded,
+so features never depend on what the item was batched with (``tests/fidelity`` checks this to 1e-5).
 
 The backbone is read from ``checkpoint`` when the model is first built; its architecture is then stored in
 ``backbone_spec`` (like fairseq's ``w2v_args``), so a fine-tuned checkpoint reloads without the original file.
@@ -45,6 +50,17 @@ class LaserFinetuneModelConfig(FairseqDataclass):
         default=0, metadata={"help": "transformer layer whose output is aligned (1-based); 0 = the last"})
     frozen_reference: bool = field(
         default=False, metadata={"help": "keep a frozen copy of the original backbone to encode view 2 (SCORE)"})
+    reference_dropout: bool = field(
+        default=False, metadata={"help": "run the frozen SCORE copy in train mode (dropout on, layer-drop off), as "
+                                         "the SCORE authors do (their s3prl upstream is never put in eval mode); "
+                                         "false = eval mode, a fixed function of its input"})
+    projection_layers: int = field(
+        default=1, metadata={"help": "1 = Linear(C -> projection_dim) (LASER, SCORE HuBERT); 2 = Linear -> ReLU -> "
+                                     "Linear (SCORE WavLM, content_preserving_wavlm/expert.py)"})
+    encode_per_item: bool = field(
+        default=True, metadata={"help": "encode each item of a padded batch alone, so padding never enters the "
+                                        "first conv layer's GroupNorm; false = one padded forward (faster, but an "
+                                        "item's features then depend on the batch)"})
     backbone_spec: Optional[Any] = field(
         default=None, metadata={"help": "filled in automatically: the backbone architecture, so that the "
                                         "fine-tuned checkpoint reloads without the original file"})
@@ -94,7 +110,13 @@ class LaserFinetuneModel(BaseFairseqModel):
         self.num_layers = backbone.num_layers
         if cfg.output_layer < 0 or cfg.output_layer > backbone.num_layers:
             raise ValueError(f"model.output_layer={cfg.output_layer}: expected 0 (last) to {backbone.num_layers}")
-        self.proj = nn.Linear(backbone.embed_dim, cfg.projection_dim)
+        if cfg.projection_layers == 1:
+            self.proj = nn.Linear(backbone.embed_dim, cfg.projection_dim)
+        elif cfg.projection_layers == 2:
+            self.proj = nn.Sequential(nn.Linear(backbone.embed_dim, cfg.projection_dim), nn.ReLU(),
+                                      nn.Linear(cfg.projection_dim, cfg.projection_dim))
+        else:
+            raise ValueError(f"model.projection_layers={cfg.projection_layers}: expected 1 or 2")
         self.trainable = freeze_except(self.backbone, trainable_module_names(backbone, cfg))
         self.reference = None
         if cfg.frozen_reference:  # a rebuilt copy (deepcopy fails on fairseq's weight-normed pos_conv)
@@ -102,6 +124,7 @@ class LaserFinetuneModel(BaseFairseqModel):
             self.reference.load_state_dict(self.backbone.state_dict())
             for p in self.reference.parameters():
                 p.requires_grad = False
+            self._disable_layerdrop(self.reference)
         n_train = sum(p.numel() for p in self.backbone.parameters() if p.requires_grad)
         n_all = sum(p.numel() for p in self.backbone.parameters())
         logger.info("laser_finetune: %s backbone, %d layers, dim %d; training %d of %d backbone parameters (%s)",
@@ -129,11 +152,29 @@ class LaserFinetuneModel(BaseFairseqModel):
 
     def train(self, mode: bool = True):
         super().train(mode)
-        if self.reference is not None:
-            self.reference.eval()  # the SCORE reference is a fixed function of its input
+        if self.reference is not None:  # eval: a fixed function of its input; SCORE authors: dropout on
+            self.reference.train(mode and self.cfg.reference_dropout)
         return self
 
     def _encode(self, backbone: nn.Module, source: torch.Tensor, padding_mask: Optional[torch.Tensor]):
+        """``B x S`` -> (``B x T x C`` features, ``B x T`` padding mask or None); see ``encode_per_item``."""
+        if not (self.cfg.encode_per_item and padding_mask is not None and bool(padding_mask.any())):
+            return self._encode_batch(backbone, source, padding_mask)
+        feats = []
+        for wav, pad in zip(source, padding_mask):
+            n = int((~pad).sum())
+            if n == 0:
+                raise ValueError("laser_finetune: an item of the batch is all padding")
+            feats.append(self._encode_batch(backbone, wav[:n].unsqueeze(0), None)[0][0])
+        t = max(f.size(0) for f in feats)
+        x = feats[0].new_zeros(len(feats), t, feats[0].size(-1))
+        frame_pad = torch.ones(len(feats), t, dtype=torch.bool, device=x.device)
+        for i, f in enumerate(feats):
+            x[i, : f.size(0)] = f
+            frame_pad[i, : f.size(0)] = False
+        return x, frame_pad
+
+    def _encode_batch(self, backbone: nn.Module, source: torch.Tensor, padding_mask: Optional[torch.Tensor]):
         if self.normalize:
             from fairseq_plugins.modules.wavlm import normalize_waveform
 

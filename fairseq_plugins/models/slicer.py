@@ -5,13 +5,20 @@ self-supervised pre-training", ICASSP 2023, arXiv 2211.01519): a BYOL-A CNN enco
 pooling over time), an instance head (128-d, MoCo InfoNCE against a queue of teacher keys) and a cluster head
 (softmax over K = 128, Contrastive-Clustering loss); the teacher is an EMA copy (momentum 0.999) of encoder +
 heads. The model takes waveform crops and does everything on the spectrogram side itself: log-mel front end,
-running normalisation, and the two augmented views (k-mix or log-mixup-exp with a FIFO bank, then random
-resize crop; :mod:`fairseq_plugins.data.spec_augment`). Registers the model ``slicer``.
+running normalisation, and the two augmented views. Each view goes through the authors' chain (LAPE
+``src/augmentations/__init__.py``: normalise -> log-mixup-exp -> random resize crop -> k-mix, each mixer with its
+own FIFO bank; ``model.mix_mode=mixup_kmix``); ``kmix`` / ``mixup`` / ``none`` keep one mixer (or none) before
+the crop (:mod:`fairseq_plugins.data.spec_augment`). Registers the model ``slicer``.
 
 State kept in the checkpoint (buffers / parameters): teacher, MoCo queue + pointer, the normaliser's
 statistics, the k-mix centroids (fitted by the task before the first epoch, see
 :mod:`fairseq_plugins.tasks.slicer_pretraining`), the number of updates the teacher has absorbed and (as extra
-state, ``model.save_mix_bank``) the mix bank.
+state, ``model.save_mix_bank``) the mix banks.
+
+Teacher EMA (``model.ema_stepping``): ``per_update`` steps once per finished update (fairseq's
+``set_num_updates``); ``per_view`` is the authors' stepping (LAPE ``src/upstream/slicer/upstream_expert.py``:
+``forward`` calls ``_momentum_update_key_encoder`` before each of the two teacher passes of a training step), so
+view 2's keys come from a teacher stepped once and view 1's from one stepped twice with the same student.
 
 Distributed training: teacher keys are all-gathered from every worker (rank order) before they enter the
 queue, so all workers keep the same queue; BN statistics are kept from leaking the positive pairing by
@@ -56,14 +63,20 @@ from fairseq_plugins.modules.logmel import LogMelFrontend, RunningNorm
 logger = logging.getLogger(__name__)
 
 MODEL_NAME = "slicer"
-MIX_MODES = ("kmix", "mixup", "none")
+MIX_MODES = ("mixup_kmix", "kmix", "mixup", "none")
+EMA_STEPPINGS = ("per_update", "per_view")
 
 
 @dataclass
 class SlicerConfig(FairseqDataclass):
     sample_rate: int = field(default=16000, metadata={"help": "input sample rate"})
     n_fft: int = field(default=1024, metadata={"help": "STFT size"})
-    win_length: int = field(default=400, metadata={"help": "STFT window (25 ms, BYOL-A)"})
+    win_length: int = field(
+        default=1024, metadata={"help": "STFT window (authors / BYOL-A: 1024 = n_fft, librosa's default; this "
+                                        "plugin used 400 = 25 ms before)"})
+    stft_pad_mode: str = field(
+        default="reflect", metadata={"help": "padding of the centred STFT: reflect (librosa 0.8.1 in the authors' "
+                                             "code, torch.stft) or constant (zeros, librosa >= 0.10)"})
     hop_length: int = field(default=160, metadata={"help": "STFT hop (10 ms)"})
     n_mels: int = field(default=64, metadata={"help": "mel bins (must be a multiple of 8)"})
     f_min: float = field(default=60.0, metadata={"help": "lowest mel frequency (Hz)"})
@@ -82,10 +95,17 @@ class SlicerConfig(FairseqDataclass):
     enqueue_both_views: bool = field(
         default=True, metadata={"help": "enqueue the teacher keys of both views (else only view 1's)"})
     bn_groups: int = field(
-        default=2, metadata={"help": "local shuffle-BN groups per worker (1 = off); each group needs >= 2 items"})
-    mix_mode: str = field(default="kmix", metadata={"help": f"spectrogram mixing: one of {MIX_MODES}"})
+        default=2, metadata={"help": "local shuffle-BN groups per worker (1 = off, the authors' behaviour: their "
+                                     "DDP shuffle never runs); each group needs >= 2 items"})
+    ema_stepping: str = field(
+        default="per_update", metadata={"help": f"teacher EMA: one of {EMA_STEPPINGS}; per_view = the authors' "
+                                                "(one EMA step before each of the two teacher passes)"})
+    mix_mode: str = field(
+        default="mixup_kmix", metadata={"help": f"spectrogram mixing, one of {MIX_MODES}: mixup_kmix = the "
+                                                "authors' chain log-mixup-exp -> random resize crop -> k-mix (two "
+                                                "banks); kmix / mixup = that one mixer, then the crop; none"})
     mix_alpha: float = field(default=0.4, metadata={"help": "mixing ratio ~ U(0, alpha) (BYOL-A 0.4)"})
-    mix_bank_size: int = field(default=2048, metadata={"help": "FIFO bank of past spectrograms"})
+    mix_bank_size: int = field(default=2048, metadata={"help": "FIFO bank of past spectrograms (per mixer)"})
     save_mix_bank: bool = field(
         default=True, metadata={"help": "save the mix bank in checkpoints (exact resume; mix_bank_size x n_mels "
                                         "x frames floats, ~50 MB at the paper's size)"})
@@ -95,7 +115,8 @@ class SlicerConfig(FairseqDataclass):
                                             "cosine = spherical k-means)"})
     kmix_rule: str = field(
         default="farthest", metadata={"help": f"k-mix partner cluster: one of {PARTNER_RULES} (authors: farthest)"})
-    rrc: bool = field(default=True, metadata={"help": "BYOL-A random resize crop after mixing"})
+    rrc: bool = field(default=True, metadata={"help": "BYOL-A random resize crop (after log-mixup-exp, before "
+                                                      "k-mix in mixup_kmix; after the mixer otherwise)"})
     rrc_virtual_scale: List[float] = field(default_factory=lambda: [1.0, 1.5],
                                            metadata={"help": "virtual canvas scale (freq, time)"})
     rrc_freq_scale: List[float] = field(default_factory=lambda: [0.6, 1.5], metadata={"help": "crop freq scale"})
@@ -235,9 +256,11 @@ class SlicerModel(BaseFairseqModel):
             raise ValueError(f"model.kmix_metric={cfg.kmix_metric!r}: expected one of {', '.join(KMIX_METRICS)}")
         if cfg.kmix_rule not in PARTNER_RULES:
             raise ValueError(f"model.kmix_rule={cfg.kmix_rule!r}: expected one of {', '.join(PARTNER_RULES)}")
+        if cfg.ema_stepping not in EMA_STEPPINGS:
+            raise ValueError(f"model.ema_stepping={cfg.ema_stepping!r}: expected one of {', '.join(EMA_STEPPINGS)}")
         self.cfg = cfg
         self.frontend = LogMelFrontend(cfg.sample_rate, cfg.n_fft, cfg.win_length, cfg.hop_length, cfg.n_mels,
-                                       cfg.f_min, cfg.f_max)
+                                       cfg.f_min, cfg.f_max, pad_mode=cfg.stft_pad_mode)
         self.norm = RunningNorm(cfg.norm_updates)
         self.student = SlicerNet(cfg)
         self.teacher = copy.deepcopy(self.student)
@@ -247,7 +270,8 @@ class SlicerModel(BaseFairseqModel):
         self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
         self.register_buffer("kmix_centroids", torch.zeros(cfg.kmix_clusters, cfg.n_mels))
         self.register_buffer("kmix_ready", torch.zeros((), dtype=torch.bool))
-        self.bank = MixBank(cfg.mix_bank_size)
+        self.bank = MixBank(cfg.mix_bank_size)  # log-mixup-exp's bank (k-mix's in mix_mode=kmix)
+        self.kmix_bank = MixBank(cfg.mix_bank_size)  # k-mix's own bank in mix_mode=mixup_kmix
 
     @classmethod
     def build_model(cls, cfg: SlicerConfig, task=None) -> "SlicerModel":
@@ -277,20 +301,25 @@ class SlicerModel(BaseFairseqModel):
         uninterrupted one would (``model.save_mix_bank=false`` leaves it out: it then refills after a resume)."""
         if not self.cfg.save_mix_bank:
             return {}
-        return {"bank_items": self.bank.items, "bank_labels": self.bank.labels}
+        return {"bank_items": self.bank.items, "bank_labels": self.bank.labels,
+                "kmix_bank_items": self.kmix_bank.items, "kmix_bank_labels": self.kmix_bank.labels}
 
     def set_extra_state(self, state) -> None:
-        if state and state.get("bank_items") is not None:
-            self.bank.items = state["bank_items"].to(self.queue.device)
-            self.bank.labels = state["bank_labels"].to(self.queue.device)
+        for prefix, bank in (("bank", self.bank), ("kmix_bank", self.kmix_bank)):
+            if state and state.get(f"{prefix}_items") is not None:
+                bank.items = state[f"{prefix}_items"].to(self.queue.device)
+                bank.labels = state[f"{prefix}_labels"].to(self.queue.device)
 
     # the evaluation probes look for a module with `layers`: the student's frame encoder
     @property
     def encoder(self) -> SlicerFrameEncoder:
         return self.student.backbone.encoder
 
+    def uses_kmix(self) -> bool:
+        return self.cfg.mix_mode in ("kmix", "mixup_kmix")
+
     def needs_kmix_centroids(self) -> bool:
-        return self.cfg.mix_mode == "kmix" and not bool(self.kmix_ready)
+        return self.uses_kmix() and not bool(self.kmix_ready)
 
     @torch.no_grad()
     def set_kmix_centroids(self, centroids: torch.Tensor) -> None:
@@ -312,7 +341,7 @@ class SlicerModel(BaseFairseqModel):
         """fairseq calls this before every training forward with the number of finished updates: the teacher
         absorbs each finished update exactly once (also across a resume: ``ema_updates`` is in the checkpoint)."""
         super().set_num_updates(num_updates)
-        if self.training and num_updates > int(self.ema_updates):
+        if self.cfg.ema_stepping == "per_update" and self.training and num_updates > int(self.ema_updates):
             self.ema_step()
             self.ema_updates.fill_(num_updates)
 
@@ -336,31 +365,42 @@ class SlicerModel(BaseFairseqModel):
     def _student_dtype(self) -> torch.dtype:
         return self.student.instance_head.weight.dtype
 
-    @torch.no_grad()
-    def augment(self, x: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
+    def _crop(self, x: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg
+        if not cfg.rrc:
+            return x
+        return random_resize_crop(x, tuple(cfg.rrc_virtual_scale), tuple(cfg.rrc_freq_scale),
+                                  tuple(cfg.rrc_time_scale))
+
+    @torch.no_grad()
+    def augment(self, x: torch.Tensor, labels: Optional[torch.Tensor]):
+        """One view of the normalised log-mels ``x`` (``B x F x T``) -> ``(view, kmix_input)``; ``kmix_input`` is
+        what k-mix received in ``mixup_kmix`` (pushed into k-mix's bank afterwards), else None."""
+        cfg = self.cfg
+        if cfg.mix_mode == "mixup_kmix":  # the authors' chain: log-mixup-exp -> random resize crop -> k-mix
+            cropped = self._crop(self.bank.mix(x, cfg.mix_alpha))
+            return self.kmix_bank.mix(cropped, cfg.mix_alpha, labels, self.kmix_centroids, cfg.kmix_rule), cropped
         if cfg.mix_mode != "none":
             x = self.bank.mix(x, cfg.mix_alpha, labels, self.kmix_centroids if labels is not None else None,
                               cfg.kmix_rule)
-        if cfg.rrc:
-            x = random_resize_crop(x, tuple(cfg.rrc_virtual_scale), tuple(cfg.rrc_freq_scale),
-                                   tuple(cfg.rrc_time_scale))
-        return x
+        return self._crop(x), None
 
     def make_views(self, source: torch.Tensor, dummy_batch: bool = False):
         raw, x = self.logmel(source, update_norm=self.training, contribute=not dummy_batch)
         if not self.training:
             return x, x
         labels = None
-        if self.cfg.mix_mode == "kmix":
+        if self.uses_kmix():
             if not bool(self.kmix_ready):
                 raise RuntimeError("model.mix_mode=kmix but the k-mix centroids were never fitted: the task "
                                    "slicer_pretraining fits them before the first epoch (or call "
                                    "set_kmix_centroids)")
             labels = assign_clusters(raw.mean(dim=2), self.kmix_centroids, self.cfg.kmix_metric)
-        v1, v2 = self.augment(x, labels), self.augment(x, labels)
+        (v1, k_in1), (v2, k_in2) = self.augment(x, labels), self.augment(x, labels)
         if self.cfg.mix_mode != "none" and not dummy_batch:
-            self.bank.push(x, labels)
+            self.bank.push(x, labels if self.cfg.mix_mode == "kmix" else None)
+            if self.cfg.mix_mode == "mixup_kmix":  # k-mix's bank holds what k-mix saw: both cropped views
+                self.kmix_bank.push(torch.cat([k_in1, k_in2]), torch.cat([labels, labels]))
         return v1, v2
 
     # ---------------------------------------------------------------------------------------------- forward
@@ -381,8 +421,16 @@ class SlicerModel(BaseFairseqModel):
             def teacher(x):
                 return self.teacher(x, with_clusters=False)
 
-            k1 = grouped(teacher, v1, g, torch.randperm(b, device=source.device) if g > 1 else None)["q"]
-            k2 = grouped(teacher, v2, g, torch.randperm(b, device=source.device) if g > 1 else None)["q"]
+            if self.training and self.cfg.ema_stepping == "per_view":
+                # the authors' order: forward(q=view 1, k=view 2) then forward(q=view 2, k=view 1), each
+                # stepping the teacher first
+                self.ema_step()
+                k2 = grouped(teacher, v2, g, torch.randperm(b, device=source.device) if g > 1 else None)["q"]
+                self.ema_step()
+                k1 = grouped(teacher, v1, g, torch.randperm(b, device=source.device) if g > 1 else None)["q"]
+            else:
+                k1 = grouped(teacher, v1, g, torch.randperm(b, device=source.device) if g > 1 else None)["q"]
+                k2 = grouped(teacher, v2, g, torch.randperm(b, device=source.device) if g > 1 else None)["q"]
             negatives = self.queue.clone()
             if self.training:
                 keys = torch.cat([k1, k2]) if self.cfg.enqueue_both_views else k1
