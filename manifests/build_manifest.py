@@ -1,14 +1,16 @@
 """Build fairseq wav2vec-style audio manifests (and their line-parallel side files) from a directory tree.
 
 The tree under ROOT is walked in sorted order; every audio file's header is read with ``soundfile.info`` and
-checked (readable, non-empty, mono, expected sample rate, duration bounds, speaker and transcript found). Good
+checked (readable, non-empty, mono, expected sample rate, not truncated, duration bounds, speaker and transcript
+found; ``--verify-decode`` also decodes every file and checks the sample count and that every sample is finite). Good
 files go to ``DEST/{split}.tsv`` in fairseq's manifest format (line 1: absolute root, then
 ``relative/path<TAB>num_samples``), with ``{split}.utt``, ``{split}.spk``, ``{split}.wrd`` and ``{split}.ltr``
 side files in the same line order, plus ``dict.ltr.txt`` when transcripts exist. Bad files are never dropped
 silently: ``--on-bad skip`` lists them in ``DEST/rejected.tsv`` with a reason and logs per-reason counts;
 ``--on-bad fail`` raises :class:`BadFilesError` naming every bad file. The train/valid split is a function of
 the seed and of the utterance (or speaker) ids only, so it does not depend on filesystem order and reruns give
-identical files. See ``manifests/README.md`` for the formats and examples.
+identical files. When no file is usable nothing is written and :class:`BadFilesError` says why. See
+``manifests/README.md`` for the formats and examples.
 """
 import argparse
 import hashlib
@@ -20,7 +22,10 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from manifests.manifest_io import (
+import numpy as np
+
+from fairseq_plugins.data.audio import truncation
+from fairseq_plugins.data.manifest_io import (
     ManifestError,
     words_to_letters,
     write_dictionary,
@@ -43,6 +48,8 @@ R_SAMPLE_RATE = "wrong sample rate"
 R_TOO_SHORT = "too short"
 R_TOO_LONG = "too long"
 R_DECODE = "decode mismatch"
+R_TRUNCATED = "truncated"
+R_NONFINITE = "non-finite samples"
 R_SPK_REGEX = "speaker regex did not match"
 R_SPK_LAYOUT = "speaker layout did not match"
 R_NO_TRANSCRIPT = "no transcript"
@@ -164,18 +171,29 @@ def _check_audio(item: _Item, path: str, sample_rate: int, min_seconds: float,
         return f"{R_NOT_MONO}: {info.channels} channels, expected 1"
     if sample_rate and item.sample_rate != sample_rate:
         return f"{R_SAMPLE_RATE}: {item.sample_rate} Hz, expected {sample_rate} Hz"
+    truncated = truncation(info)
+    if truncated:
+        return f"{R_TRUNCATED}: {truncated}"
     seconds = item.frames / item.sample_rate
     if seconds < min_seconds:
         return f"{R_TOO_SHORT}: {seconds:.3f} s < --min-seconds {min_seconds:g}"
     if max_seconds is not None and seconds > max_seconds:
         return f"{R_TOO_LONG}: {seconds:.3f} s > --max-seconds {max_seconds:g}"
     if verify_decode:
+        decoded, nonfinite, first = 0, 0, -1
         try:
-            decoded = sum(len(b) for b in sf.blocks(path, blocksize=1 << 16, dtype="int16"))
+            for block in sf.blocks(path, blocksize=1 << 16, dtype="float32", always_2d=True):
+                bad = ~np.isfinite(block).all(axis=1)
+                if bad.any() and first < 0:
+                    first = decoded + int(np.argmax(bad))
+                nonfinite += int(bad.sum())
+                decoded += len(block)
         except Exception as e:
             return f"{R_UNREADABLE}: decoding failed: {str(e).strip() or type(e).__name__}".replace("\n", " ")
         if decoded != item.frames:
             return f"{R_DECODE}: header says {item.frames} frames, decoded {decoded}"
+        if nonfinite:
+            return f"{R_NONFINITE}: {nonfinite} NaN/Inf samples, the first at sample {first}"
     return None
 
 
@@ -382,6 +400,12 @@ def build_manifest(
 
     kept = [it for it in items if it.reason is None]
     rejected = [(it.rel_root, it.reason) for it in items if it.reason is not None]
+    if not kept:  # write nothing: empty manifests would only fail later, further from the cause
+        lines = "".join(f"\n  {rel}: {reason}" for rel, reason in rejected[:20])
+        more = f"\n  ... and {len(rejected) - 20} more" if len(rejected) > 20 else ""
+        raise BadFilesError(f"no usable audio files under {root} ({len(paths)} found with extension "
+                            f"{','.join(exts)}, {len(rejected)} rejected); nothing written to "
+                            f"{os.path.abspath(dest)}{lines}{more}", rejected)
     if rejected and on_bad == "fail":
         lines = "\n".join(f"  {rel}: {reason}" for rel, reason in rejected)
         raise BadFilesError(f"{len(rejected)} bad audio file(s) under {root} (of {len(items)}; "
@@ -491,7 +515,7 @@ def get_parser() -> argparse.ArgumentParser:
                         "(e.g. dev-clean.tsv); --valid-percent is then ignored")
     p.add_argument("--verify-decode", action="store_true",
                    help="also decode every file fully and reject it if the decoded length differs from the "
-                        "header (slow; default: header only)")
+                        "header or a sample is NaN/Inf (slow; default: header only)")
     return p
 
 
@@ -509,10 +533,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ManifestError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    if report.total_kept == 0:
-        print(f"error: no usable audio files under {report.root} (rejected {len(report.rejected)})",
-              file=sys.stderr)
-        return 1
+    logger.debug("%s", report.summary())
     return 0
 
 

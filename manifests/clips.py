@@ -32,7 +32,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from manifests.manifest_io import write_dictionary, write_lines, write_manifest
+from fairseq_plugins.data.manifest_io import write_dictionary, write_lines, write_manifest
 
 logger = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ import os
 from typing import Dict, List, Sequence
 
 import numpy as np
-import soundfile as sf
 
-from manifests.manifest_io import read_manifest, write_dictionary, write_lines
+from fairseq_plugins.data.audio import read_audio
+from fairseq_plugins.data.manifest_io import read_manifest_entries, write_dictionary, write_lines
 
 logger = logging.getLogger(__name__)
 
@@ -49,14 +49,12 @@ def mfcc_features(wav: np.ndarray, sr: int = 16000) -> np.ndarray:
 
 
 def _split_features(manifest_dir: str, split: str) -> List[np.ndarray]:
-    root, rows = read_manifest(os.path.join(manifest_dir, f"{split}.tsv"))
+    manifest = os.path.join(manifest_dir, f"{split}.tsv")
+    root, rows = read_manifest_entries(manifest)
     feats = []
-    for rel, n in rows:
-        path = os.path.join(root, rel)
-        wav, sr = sf.read(path, dtype="float32")
-        if len(wav) != n:
-            raise ValueError(f"{path}: manifest says {n} samples, file has {len(wav)}")
-        feats.append(mfcc_features(wav, sr))
+    for rel, n, line in rows:  # the shared reader checks rate, channels, count and finiteness, naming the line
+        wav = read_audio(os.path.join(root, rel), 16000, expected_samples=n, manifest=manifest, line=line)
+        feats.append(mfcc_features(wav, 16000))
     return feats
 
 

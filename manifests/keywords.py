@@ -8,7 +8,7 @@ classes mirror SUPERB's keyword spotting task (Speech Commands v1, 12 classes): 
 Synthetic set (:func:`build_keywords`): every speaker is one of the mini corpus voices
 (:func:`manifests.mini_corpus.make_speakers`, same seed -> same voices); each speaker says every keyword
 ``repeats`` times with a jittered rate and pitch, plus as many random other words from the mini corpus
-vocabulary (``_unknown_``) and as many noise-only clips (``_silence_``, :mod:`manifests.noise` at a random
+vocabulary (``_unknown_``) and as many noise-only clips (``_silence_``, :mod:`fairseq_plugins.data.noise` at a random
 level). Words are placed at a random offset in a clip of ``clip_seconds`` (longer words keep their length)
 over faint background noise, like Speech Commands' 1 s clips. The output is a pure function of the
 arguments. About ``num_speakers * repeats * 12`` clips; the defaults (24 speakers, 2 repeats) give 576 clips
@@ -35,7 +35,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from manifests.manifest_io import write_dictionary, write_lines, write_manifest
+from fairseq_plugins.data.manifest_io import write_dictionary, write_lines, write_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def _trim(audio: np.ndarray, threshold: float = 1e-3) -> np.ndarray:
 
 
 def _background(n: int, rng: np.random.Generator, level_db: Tuple[float, float]) -> np.ndarray:
-    from manifests.noise import make_noise
+    from fairseq_plugins.data.noise import make_noise
 
     kind = str(rng.choice(["white", "pink", "brown", "hum", "bandlimited"]))
     return make_noise(kind, n, rng, SAMPLE_RATE) / 0.1 * 10 ** (rng.uniform(*level_db) / 20)

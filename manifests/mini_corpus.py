@@ -14,7 +14,7 @@ Label conventions: ``{split}.phn`` is the phone sequence without silences; ``{sp
 So ``dict.phn.txt`` has no ``sil`` and ``dict.phn50.txt`` has it. Phones are espeak-ng's English phoneme
 mnemonics without stress marks (e.g. ``D @2 k w I k``). ``test.trials`` lines are ``label utt_a utt_b`` (1 =
 same speaker), balanced. Noise: ``noise/{kind}_{i:03d}.wav`` (1-2 s, 16 kHz) listed in ``manifest/noise.tsv``
-with line-parallel kinds in ``manifest/noise.kind``: the procedural kinds of :mod:`manifests.noise` plus
+with line-parallel kinds in ``manifest/noise.kind``: the procedural kinds of :mod:`fairseq_plugins.data.noise` plus
 ``tts_babble`` (five train utterances mixed). Run ``python -m manifests.mini_corpus --help``.
 """
 import argparse
@@ -32,7 +32,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from manifests.manifest_io import words_to_letters, write_dictionary, write_lines, write_manifest
+from fairseq_plugins.data.manifest_io import words_to_letters, write_dictionary, write_lines, write_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -383,7 +383,7 @@ def _dictionary(path: str, counter: Counter) -> None:
 
 def _write_noise(out_dir: str, seed: int, num_noise: int, train: List[_Utterance],
                  noise_seconds: Tuple[float, float]) -> Dict:
-    from manifests.noise import NOISE_KINDS, make_noise
+    from fairseq_plugins.data.noise import NOISE_KINDS, make_noise
 
     kinds = list(NOISE_KINDS) + (["tts_babble"] if train else [])
     noise_dir = os.path.join(out_dir, "noise")

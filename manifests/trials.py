@@ -15,7 +15,7 @@ import sys
 from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence, Set, Tuple
 
-from manifests.manifest_io import ManifestError, read_lines, read_manifest, write_lines
+from fairseq_plugins.data.manifest_io import ManifestError, read_lines, read_manifest, write_lines
 
 logger = logging.getLogger(__name__)
 

@@ -138,28 +138,27 @@ def _rms(x: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) if len(x) else 0.0
 
 
-def _read_mono(path: str, sample_rate: int, start: int = 0, frames: int = -1) -> np.ndarray:
-    import soundfile as sf
-
-    x, sr = sf.read(path, start=start, frames=frames, dtype="float32", always_2d=True)
-    if sr != sample_rate:
-        raise ValueError(f"{path}: sample rate {sr} Hz, expected {sample_rate} Hz")
-    return x.mean(axis=1)
-
-
 class _Manifest:
-    """The audio files of a fairseq manifest (root line, then ``relpath<TAB>num_samples``)."""
+    """The audio files of a fairseq manifest (root line, then ``relpath<TAB>num_samples``), read with the
+    shared checked reader (:func:`fairseq_plugins.data.audio.read_audio`: errors name the manifest line)."""
 
     def __init__(self, path: str, sample_rate: int):
-        from manifests.manifest_io import read_manifest
+        from fairseq_plugins.data.manifest_io import read_manifest_entries
 
-        root, rows = read_manifest(path)
+        root, rows = read_manifest_entries(path)
         if not rows:
             raise ValueError(f"{path}: the manifest lists no files")
-        self.path = path
-        self.files = [os.path.join(root, rel) for rel, _ in rows]
-        self.sizes = [int(n) for _, n in rows]
+        self.path = os.path.abspath(path)
+        self.files = [os.path.join(root, rel) for rel, _, _ in rows]
+        self.sizes = [int(n) for _, n, _ in rows]
+        self.lines = [line for _, _, line in rows]
         self.sample_rate = sample_rate
+
+    def read(self, i: int, start: int = 0, frames: int = -1) -> np.ndarray:
+        from fairseq_plugins.data.audio import read_audio
+
+        return read_audio(self.files[i], self.sample_rate, expected_samples=self.sizes[i], manifest=self.path,
+                          line=self.lines[i], start=start, frames=frames)
 
     def random_segment(self, n: int, rng: np.random.Generator) -> np.ndarray:
         """``n`` samples from a random file at a random offset (looped when the file is shorter)."""
@@ -167,22 +166,20 @@ class _Manifest:
         size = self.sizes[i]
         if size >= n:
             start = int(rng.integers(0, size - n + 1))
-            x = _read_mono(self.files[i], self.sample_rate, start=start, frames=n)
+            x = self.read(i, start=start, frames=n)
         else:
-            x = _read_mono(self.files[i], self.sample_rate)
+            x = self.read(i)
             x = np.roll(np.tile(x, n // max(1, len(x)) + 1), -int(rng.integers(0, max(1, len(x)))))
-        if len(x) < n:  # a manifest that overstates a file's length
-            x = np.pad(x, (0, n - len(x)))
         return x[:n]
 
     def random_file(self, rng: np.random.Generator) -> np.ndarray:
-        return _read_mono(self.files[int(rng.integers(len(self.files)))], self.sample_rate)
+        return self.read(int(rng.integers(len(self.files))))
 
 
 class AdditiveNoise(Augmentation):
     """Add noise at an SNR (dB) drawn from ``snr``. The noise is a random segment of a file of the noise
     manifest when the chain has one (``noise_manifest``), else procedural noise of a random kind from
-    ``kinds`` (:func:`manifests.noise.make_noise`). SNR is measured over the whole input; a silent input
+    ``kinds`` (:func:`fairseq_plugins.data.noise.make_noise`). SNR is measured over the whole input; a silent input
     stays unchanged."""
 
     name = "noise"
@@ -192,7 +189,7 @@ class AdditiveNoise(Augmentation):
 
     def __init__(self, sample_rate: int = 16000, noise_manifest: Optional[str] = None, **params):
         super().__init__(sample_rate, **params)
-        from manifests.noise import NOISE_KINDS
+        from fairseq_plugins.data.noise import NOISE_KINDS
 
         self.kinds = [k for k in self.text["kinds"].split("+") if k]
         bad = [k for k in self.kinds if k not in NOISE_KINDS]
@@ -203,7 +200,7 @@ class AdditiveNoise(Augmentation):
     def noise(self, n: int, rng: np.random.Generator) -> np.ndarray:
         if self.manifest is not None:
             return self.manifest.random_segment(n, rng)
-        from manifests.noise import make_noise
+        from fairseq_plugins.data.noise import make_noise
 
         kind = self.kinds[int(rng.integers(len(self.kinds)))]
         return make_noise(kind, max(n, 64), rng, self.sample_rate)[:n]
@@ -513,7 +510,7 @@ def benchmark(specs: Sequence[str] = BENCH_SPECS, seconds: float = 4.0, repeats:
     """Median milliseconds of CPU time (this process, all its threads) per second of audio for each spec, on
     ``seconds`` of speech-like input (procedural babble); CPU time rather than wall time so that other load on
     the machine does not count. Set ``OMP_NUM_THREADS=1`` to mimic one data-loader worker."""
-    from manifests.noise import make_noise
+    from fairseq_plugins.data.noise import make_noise
 
     wav = make_noise("babble", int(seconds * sample_rate), seeded_rng(seed), sample_rate)
     rows = []

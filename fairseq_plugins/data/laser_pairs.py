@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from fairseq.data import FileAudioDataset
 
+from fairseq_plugins.data.audio import ManifestAudioDataset
 from fairseq_plugins.data.augment import PitchShift, Speed, seeded_rng
 
 logger = logging.getLogger(__name__)
@@ -31,16 +32,17 @@ def collate_padded(waves: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, torch.T
     return source, padding_mask
 
 
-class LaserPairDataset(FileAudioDataset):
+class LaserPairDataset(ManifestAudioDataset, FileAudioDataset):
     """A fairseq manifest read as pairs ``(utterance, speed+pitch perturbed utterance)`` in random order.
 
     Items too short to survive the strongest speed-up with ``min_sample_size`` samples left are skipped at
-    load time, with their count logged (fairseq's FileAudioDataset skip, with the reason added here).
+    load time, with their count logged (fairseq's FileAudioDataset skip, with the reason added here). Audio is
+    read with the shared checked reader (:func:`fairseq_plugins.data.audio.read_audio`).
     """
 
     def __init__(self, manifest_path: str, sample_rate: int, speed_factors: Sequence[float],
                  pitch_semitones: Sequence[float], min_sample_size: int, max_sample_size: int,
-                 seed: int = 1, shuffle: bool = True, swap_prob: float = 0.5):
+                 seed: int = 1, shuffle: bool = True, swap_prob: float = 0.5, downmix: bool = False):
         if not speed_factors or min(speed_factors) <= 0:
             raise ValueError(f"speed_factors must be positive, got {list(speed_factors)}")
         if not pitch_semitones:
@@ -49,6 +51,7 @@ class LaserPairDataset(FileAudioDataset):
         min_source = int(math.ceil(min_sample_size * max(1.0, fastest)))
         super().__init__(manifest_path, sample_rate, max_sample_size=max_sample_size,
                          min_sample_size=min_source, shuffle=shuffle, pad=True, normalize=False)
+        self.init_reader(manifest_path, downmix=downmix)
         if self.skipped_indices:
             logger.info(
                 "%s: skipped %d utterances shorter than %d samples (min_sample_size %d after a speed-up of %g)",

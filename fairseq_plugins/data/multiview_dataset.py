@@ -34,10 +34,10 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from fairseq.data import FileAudioDataset
 from fairseq.data.text_compressor import TextCompressionLevel
 
+from fairseq_plugins.data.audio import ManifestAudioDataset, normalize_waveform
 from fairseq_plugins.data.augment import AugmentationChain, seeded_rng
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ SHARED_CROP_STREAM = 1 << 20  # stream ids after the view streams 0..V-1
 COLLATE_STREAM = SHARED_CROP_STREAM + 1
 
 
-class MultiviewAudioDataset(FileAudioDataset):
+class MultiviewAudioDataset(ManifestAudioDataset, FileAudioDataset):
     """N views per utterance from a fairseq manifest (see the module docstring for randomness and layout).
 
     Args:
@@ -63,6 +63,8 @@ class MultiviewAudioDataset(FileAudioDataset):
         max_sample_size / min_sample_size / pad / normalize / num_buckets / shuffle /
         text_compression_level: as in :class:`~fairseq.data.FileAudioDataset`; ``normalize`` is applied to
             each view after augmentation.
+        downmix: average multi-channel files (logged) instead of raising; audio is read with the shared checked
+            reader :func:`fairseq_plugins.data.audio.read_audio` (errors name the manifest line and the file).
     """
 
     def __init__(
@@ -84,12 +86,14 @@ class MultiviewAudioDataset(FileAudioDataset):
         num_buckets: int = 0,
         shuffle: bool = True,
         text_compression_level: TextCompressionLevel = TextCompressionLevel.none,
+        downmix: bool = False,
     ):
         super().__init__(
             manifest_path=manifest_path, sample_rate=sample_rate, max_sample_size=max_sample_size,
             min_sample_size=min_sample_size, shuffle=shuffle, pad=pad, normalize=False,
             num_buckets=num_buckets, text_compression_level=text_compression_level,
         )
+        self.init_reader(manifest_path, downmix=downmix)
         if num_views < 1:
             raise ValueError(f"num_views={num_views}: need at least one view")
         bad_views = [v for v in unaugmented_views if not 0 <= int(v) < num_views]
@@ -149,7 +153,7 @@ class MultiviewAudioDataset(FileAudioDataset):
         x = torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32))
         if self.normalize_views:
             with torch.no_grad():
-                x = F.layer_norm(x, x.shape)
+                x = normalize_waveform(x)
         return x
 
     def __getitem__(self, index: int) -> Dict:

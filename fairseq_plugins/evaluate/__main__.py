@@ -178,8 +178,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error(str(e))
     try:
         run_evaluation(cfg)
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
+    except (FileNotFoundError, ValueError, RuntimeError, FloatingPointError) as e:
         logger.error("%s", e)
+        logger.error("evaluation stopped: no results.jsonl or table written to %s", cfg.out_dir)
         return 1
     with open(os.path.join(cfg.out_dir, "table.md")) as f:
         sys.stdout.write(f.read())

@@ -6,7 +6,9 @@ its line-parallel side files (``.phn``, ``.phn50``, ``.spk``, ``.utt``, ``.kw``,
 feature never depends on what it was batched with: wav2vec2/HuBERT-Base group-normalise the conv features
 over time), and keeps every utterance's ``L x T x C`` states in memory so that all probes and seeds reuse one
 extraction. With ``cache=False`` features are recomputed whenever a probe asks (for corpora too big for
-memory); utterance-level tasks only ever need the time-mean of each layer, which is always cached.
+memory); utterance-level tasks only ever need the time-mean of each layer, which is always cached. Audio is
+read with the plugin's one checked reader (:func:`fairseq_plugins.data.audio.read_audio`) and every feature is
+checked to be finite: a bad file stops the run naming the utterance, the file and the stage.
 """
 import hashlib
 import logging
@@ -17,24 +19,17 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from fairseq_plugins.data.audio import read_audio
+from fairseq_plugins.data.manifest_io import ManifestError, read_lines, read_manifest_entries
 from fairseq_plugins.evaluate.upstream import SAMPLE_RATE, Upstream
-from manifests.manifest_io import ManifestError, read_lines, read_manifest
 
 logger = logging.getLogger(__name__)
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".m4a")
 
 
-def read_audio(path: str) -> np.ndarray:
-    """A mono 16 kHz file as float32 in [-1, 1]; raises ``ValueError`` naming the file otherwise."""
-    import soundfile as sf
-
-    wav, sr = sf.read(path, dtype="float32", always_2d=True)
-    if sr != SAMPLE_RATE:
-        raise ValueError(f"{path}: sample rate {sr}, expected {SAMPLE_RATE} (resample the corpus first)")
-    if wav.shape[1] != 1:
-        raise ValueError(f"{path}: {wav.shape[1]} channels, expected mono")
-    return wav[:, 0]
+class NonFiniteError(FloatingPointError):
+    """NaN / Inf where a number is needed; the message names the utterance, the file and the stage."""
 
 
 class Split:
@@ -45,11 +40,12 @@ class Split:
         self.tsv = os.path.join(self.dir, f"{name}.tsv")
         if not os.path.isfile(self.tsv):
             raise FileNotFoundError(f"manifest {self.tsv} not found")
-        self.root, rows = read_manifest(self.tsv)
+        self.root, rows = read_manifest_entries(self.tsv)
         if not rows:
             raise ManifestError(f"{self.tsv} lists no audio")
-        self.rels = [r for r, _ in rows]
-        self.sizes = [n for _, n in rows]
+        self.rels = [r for r, _, _ in rows]
+        self.sizes = [n for _, n, _ in rows]
+        self.lines = [line for _, _, line in rows]
 
     def __len__(self) -> int:
         return len(self.rels)
@@ -59,6 +55,11 @@ class Split:
 
     def path(self, i: int) -> str:
         return os.path.join(self.root, self.rels[i])
+
+    def read(self, i: int) -> np.ndarray:
+        """Utterance ``i``'s mono 16 kHz waveform (``S`` float32), checked against its manifest line."""
+        return read_audio(self.path(i), SAMPLE_RATE, expected_samples=self.sizes[i], manifest=self.tsv,
+                          line=self.lines[i])
 
     def has(self, suffix: str) -> bool:
         return os.path.isfile(os.path.join(self.dir, f"{self.name}.{suffix}"))
@@ -176,13 +177,19 @@ class FeatureStore:
         self.audio_seconds = 0.0
 
     def _extract(self, split: Split, i: int) -> torch.Tensor:
-        wav = torch.from_numpy(read_audio(split.path(i)))
+        wav = torch.from_numpy(split.read(i))
         t0 = time.time()
         h = self.upstream.extract(wav)
         self.seconds += time.time() - t0
         self.audio_seconds += wav.numel() / SAMPLE_RATE
         if h.size(1) == 0:
-            raise ValueError(f"{split.path(i)}: {wav.numel()} samples give no frame for {self.upstream.name}")
+            raise ValueError(f"{split.tsv}:{split.lines[i]}: {split.path(i)}: {wav.numel()} samples give no "
+                             f"frame for {self.upstream.name}")
+        if not torch.isfinite(h).all():
+            raise NonFiniteError(
+                f"{split.tsv}:{split.lines[i]}: utterance {split.rels[i]!r} ({split.path(i)}): the features of "
+                f"{self.upstream.name} hold {int((~torch.isfinite(h)).sum())} non-finite values (stage: feature "
+                f"extraction); the audio is finite, so the upstream itself produced them")
         return h
 
     def _caches_frames(self, split: Split) -> bool:

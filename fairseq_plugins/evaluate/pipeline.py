@@ -2,8 +2,10 @@
 
 :func:`run_evaluation` takes an :class:`EvalConfig` (the CLI builds one) and, for every upstream in turn
 (checkpoints first, then the baselines), extracts frozen features once, runs every task's probe for every
-seed, appends each result as one JSON line to ``OUT/results.jsonl``, frees the features, and finally writes
-the side-by-side table and plots (:mod:`fairseq_plugins.evaluate.report`).
+seed, frees the features, and only when every probe has finished writes ``OUT/results.jsonl`` (one JSON line
+per result), ``OUT/run.json`` and the side-by-side table and plots (:mod:`fairseq_plugins.evaluate.report`).
+A failed run writes none of them (a wrong table must never be written): non-finite audio, features, probe
+losses, weights or scores stop the run with the utterance, the file or the probe and the stage.
 
 Tasks (the test split is scored once per run, with the best-validation probe; README.md has the details):
 
@@ -20,6 +22,7 @@ Tasks (the test split is scored once per run, with the best-validation probe; RE
 """
 import json
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass, field, replace
@@ -30,6 +33,7 @@ import torch
 from fairseq_plugins.evaluate import probes
 from fairseq_plugins.evaluate.data import (
     FeatureStore,
+    NonFiniteError,
     Split,
     carve_per_class,
     encode,
@@ -331,7 +335,8 @@ def run_evaluation(cfg: EvalConfig) -> List[Dict]:
     plan = _upstream_plan(cfg)
     os.makedirs(cfg.out_dir, exist_ok=True)
     results_path = os.path.join(cfg.out_dir, "results.jsonl")
-    open(results_path, "w").close()
+    if os.path.exists(results_path):
+        logger.info("%s is from an earlier run; it is replaced only if this run succeeds", results_path)
     logger.info("tasks %s; upstreams %s; seeds %s", ",".join(tasks), ",".join(n for n, _ in plan),
                 " ".join(map(str, cfg.seeds)))
     datas = {}
@@ -369,9 +374,8 @@ def run_evaluation(cfg: EvalConfig) -> List[Dict]:
                        "metric": metric, "higher_is_better": higher, "value": out.pop("test"), **out, **extra}
                 if task != "speaker_ver":
                     row["probe"] = pcfg.to_dict()
+                check_finite_row(row)
                 results.append(row)
-                with open(results_path, "a") as f:
-                    f.write(json.dumps(row) + "\n")
                 logger.info("%s %s seed %d: %s %.4f (valid %s, best epoch %s/%s) in %.1f s", up.name, task,
                             seed, metric, row["value"], _fmt(row.get("valid")), row.get("best_epoch", "-"),
                             row.get("epochs_run", "-"), row["seconds"])
@@ -386,13 +390,30 @@ def run_evaluation(cfg: EvalConfig) -> List[Dict]:
             "manifest_dir": os.path.abspath(cfg.manifest_dir), "seconds": round(time.time() - t_start, 1),
             "probes": {t: cfg.probe(t).to_dict() for t in tasks if t != "speaker_ver"},
             "sv_weights": cfg.sv_weights, "splits": {t: list(cfg.splits[t]) for t in tasks}}
-    with open(os.path.join(cfg.out_dir, "run.json"), "w") as f:
-        json.dump(meta, f, indent=1)
-        f.write("\n")
+    _write_atomic(results_path, "".join(json.dumps(row) + "\n" for row in results))
+    _write_atomic(os.path.join(cfg.out_dir, "run.json"), json.dumps(meta, indent=1) + "\n")
     report.write_report(results, cfg.out_dir, upstreams=order, tasks=tasks, metrics=METRICS)
     logger.info("evaluation finished in %.1f s; table in %s", time.time() - t_start,
                 os.path.join(cfg.out_dir, "table.md"))
     return results
+
+
+def check_finite_row(row: Dict) -> None:
+    """Refuse a result whose score or layer weights are NaN / Inf (they would print as a plausible table)."""
+    bad = [k for k in ("value", "valid") if row.get(k) is not None and not math.isfinite(float(row[k]))]
+    if any(not math.isfinite(float(w)) for w in row.get("layer_weights") or ()):
+        bad.append("layer_weights")
+    if bad:
+        raise NonFiniteError(f"{row['upstream']}/{row['task']}/seed{row['seed']}: non-finite {', '.join(bad)} "
+                             f"(stage: probe result); no results or table are written")
+
+
+def _write_atomic(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename (never a half-written file)."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
 def _fmt(x) -> str:

@@ -24,7 +24,7 @@ import sys
 from collections import Counter
 from typing import Dict, List, Optional, Sequence
 
-from manifests.manifest_io import (
+from fairseq_plugins.data.manifest_io import (
     ManifestError,
     read_lines,
     read_manifest,

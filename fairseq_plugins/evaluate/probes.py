@@ -22,6 +22,7 @@ testable without audio.
 """
 import copy
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -122,6 +123,9 @@ def fit(model: nn.Module, step: Callable[[object], torch.Tensor], batches: Calla
         losses = []
         for batch in batches(gen):
             loss = step(batch)
+            if not torch.isfinite(loss):  # features are checked finite when extracted: the probe diverged
+                raise FloatingPointError(f"{tag}: non-finite probe loss {loss.item()} in epoch {epoch} (stage: probe "
+                                         f"training, lr={cfg.lr}); no result is written")
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -143,6 +147,10 @@ def fit(model: nn.Module, step: Callable[[object], torch.Tensor], batches: Calla
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
+    bad_params = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if bad_params or (best is not None and not all(map(math.isfinite, best))):
+        raise FloatingPointError(f"{tag}: non-finite probe weights {bad_params} or validation score {best} (stage: "
+                                 f"probe training); no result is written")
     return {"valid": None if best is None else best[0], "best_epoch": best_epoch, "epochs_run": epoch,
             "history": history}
 

@@ -11,18 +11,17 @@ import os
 from dataclasses import dataclass, field
 from typing import List
 
-from fairseq.dataclass import FairseqDataclass
 from omegaconf import MISSING
 
 from fairseq_plugins.compat import register
 from fairseq_plugins.data.laser_pairs import LaserPairDataset
-from fairseq_plugins.tasks.base import UnlabelledAudioTask
+from fairseq_plugins.tasks.base import PluginTaskConfig, UnlabelledAudioTask
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class LaserFinetuneConfig(FairseqDataclass):
+class LaserFinetuneConfig(PluginTaskConfig):
     data: str = field(default=MISSING, metadata={"help": "folder with {split}.tsv fairseq audio manifests"})
     sample_rate: int = field(default=16000, metadata={"help": "audio sample rate; files at another rate fail"})
     speed_factors: List[float] = field(
@@ -58,6 +57,7 @@ class LaserFinetuneTask(UnlabelledAudioTask):
             raise ValueError(
                 f"task.min_sample_size={cfg.min_sample_size}: must be at least the encoder's receptive field "
                 f"(400 samples) so that every view yields a frame")
+        cls.check_setup(cfg, [("task.data", cfg.data)], **kwargs)
         return cls(cfg)
 
     def load_dataset(self, split: str, **kwargs) -> None:
@@ -67,5 +67,5 @@ class LaserFinetuneTask(UnlabelledAudioTask):
         self.datasets[split] = LaserPairDataset(
             manifest, self.cfg.sample_rate, list(self.cfg.speed_factors), list(self.cfg.pitch_semitones),
             min_sample_size=self.cfg.min_sample_size, max_sample_size=self.cfg.max_sample_size,
-            seed=self.cfg.seed, swap_prob=self.cfg.swap_prob,
+            seed=self.cfg.seed, swap_prob=self.cfg.swap_prob, downmix=self.cfg.downmix_stereo,
         )

@@ -20,11 +20,11 @@ from typing import List, Optional
 from fairseq.data import SubsampleDataset
 from fairseq.data.text_compressor import TextCompressionLevel
 from fairseq.tasks.audio_pretraining import AudioPretrainingConfig, AudioPretrainingTask
-from omegaconf import II
 
 from fairseq_plugins.compat import register
 from fairseq_plugins.data.augment import AugmentationChain
 from fairseq_plugins.data.multiview_dataset import MultiviewAudioDataset
+from fairseq_plugins.tasks.base import PluginTaskConfig, PluginTaskMixin
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ DEFAULT_AUGMENTATIONS = [
 
 
 @dataclass
-class MultiviewAudioPretrainingConfig(AudioPretrainingConfig):
+class MultiviewAudioPretrainingConfig(AudioPretrainingConfig, PluginTaskConfig):
     num_views: int = field(default=2, metadata={"help": "augmented views per utterance (V >= 1)"})
     augmentations: List[str] = field(
         default_factory=lambda: list(DEFAULT_AUGMENTATIONS),
@@ -60,7 +60,7 @@ class MultiviewAudioPretrainingConfig(AudioPretrainingConfig):
     noise_manifest: Optional[str] = field(
         default=None,
         metadata={"help": "absolute path of a noise manifest (fairseq TSV) for noise(...); procedural noise "
-                          "(manifests/noise.py) when unset"},
+                          "(fairseq_plugins/data/noise.py) when unset"},
     )
     rir_manifest: Optional[str] = field(
         default=None,
@@ -81,11 +81,10 @@ class MultiviewAudioPretrainingConfig(AudioPretrainingConfig):
         default=True,
         metadata={"help": "augment non-training splits too (with views fixed across epochs)"},
     )
-    train_subset: str = II("dataset.train_subset")
 
 
 @register("task", TASK_NAME, dataclass=MultiviewAudioPretrainingConfig)
-class MultiviewAudioPretrainingTask(AudioPretrainingTask):
+class MultiviewAudioPretrainingTask(PluginTaskMixin, AudioPretrainingTask):
     """See the module docstring. Unsupported ``audio_pretraining`` options raise at setup."""
 
     cfg: MultiviewAudioPretrainingConfig
@@ -108,6 +107,9 @@ class MultiviewAudioPretrainingTask(AudioPretrainingTask):
                 f"task.aligned_views=true needs alignment-keeping augmentations, but {chain.non_aligned} "
                 f"change timing or length: remove them from task.augmentations or set "
                 f"task.aligned_views=false")
+        cls.check_setup(cfg, [("task.data", cfg.data)],
+                        [("task.noise_manifest", cfg.noise_manifest), ("task.rir_manifest", cfg.rir_manifest)],
+                        **kwargs)
         return cls(cfg)
 
     def build_augmentation(self) -> AugmentationChain:
@@ -115,15 +117,6 @@ class MultiviewAudioPretrainingTask(AudioPretrainingTask):
         return AugmentationChain.from_specs(
             self.cfg.augmentations, self.cfg.sample_rate,
             noise_manifest=self.cfg.noise_manifest, rir_manifest=self.cfg.rir_manifest)
-
-    def is_train_split(self, split: str) -> bool:
-        try:
-            subsets = str(self.cfg.train_subset)
-        except Exception:  # an unresolved ${dataset.train_subset} outside a full fairseq config
-            subsets = "train"
-        if subsets.startswith("${"):
-            subsets = "train"
-        return split in subsets.split(",")
 
     def load_side_labels(self, split: str) -> dict:
         out = {}
@@ -157,6 +150,7 @@ class MultiviewAudioPretrainingTask(AudioPretrainingTask):
             min_sample_size=cfg.min_sample_size or 0,
             pad=cfg.enable_padding,
             normalize=cfg.normalize,
+            downmix=cfg.downmix_stereo,
             num_buckets=cfg.num_batch_buckets,
             text_compression_level=getattr(TextCompressionLevel, str(cfg.text_compression_level)),
         )

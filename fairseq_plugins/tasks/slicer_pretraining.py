@@ -7,10 +7,11 @@ crop of ``crop_seconds`` per item (zero-padded when the file is shorter), seeded
 model ``slicer`` makes the two augmented log-mel views. Validation crops are fixed.
 
 k-mix centroids (the documented step): at :meth:`SlicerPretrainingTask.begin_epoch`, when the model asks for
-them (``model.mix_mode=kmix`` and none fitted yet), k-means with ``model.kmix_clusters`` clusters is fitted on
-the time-averaged raw log-mels of ``kmix_fraction`` of the training items (at least ``kmix_min_items``; seeded,
-so every worker fits the same ones) and stored in the model's ``kmix_centroids`` buffer. They are therefore in
-every checkpoint: a resumed run loads them and never refits. Registers the task ``slicer_pretraining``.
+them (``model.mix_mode`` kmix or mixup_kmix, none fitted yet), k-means with ``model.kmix_clusters`` clusters is
+fitted on the time-averaged raw log-mels of ``kmix_fraction`` of the training items (at least
+``kmix_min_items``; seeded, so every worker fits the same ones) and stored in the model's ``kmix_centroids``
+buffer. They are therefore in every checkpoint: a resumed run loads them and never refits. Registers the task
+``slicer_pretraining``.
 """
 import logging
 import os
@@ -19,16 +20,15 @@ from dataclasses import dataclass, field
 from typing import List, Tuple
 
 import numpy as np
-import soundfile as sf
 import torch
 from fairseq.data import FairseqDataset
-from fairseq.dataclass import FairseqDataclass
 from omegaconf import MISSING
 
 from fairseq_plugins.compat import register
+from fairseq_plugins.data.audio import read_audio
+from fairseq_plugins.data.manifest_io import read_manifest_entries
 from fairseq_plugins.data.spec_augment import assign_clusters, fit_kmix_centroids
-from fairseq_plugins.tasks.base import UnlabelledAudioTask
-from manifests import manifest_io
+from fairseq_plugins.tasks.base import PluginTaskConfig, UnlabelledAudioTask
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ TASK_NAME = "slicer_pretraining"
 
 
 @dataclass
-class SlicerPretrainingConfig(FairseqDataclass):
+class SlicerPretrainingConfig(PluginTaskConfig):
     data: str = field(default=MISSING, metadata={"help": "folder with {split}.tsv fairseq audio manifests"})
     extra_data: List[str] = field(
         default_factory=list,
@@ -48,24 +48,34 @@ class SlicerPretrainingConfig(FairseqDataclass):
     kmix_fraction: float = field(
         default=0.05, metadata={"help": "fraction of the training items whose time-averaged log-mels fit k-means"})
     kmix_min_items: int = field(default=64, metadata={"help": "fit k-means on at least this many items"})
+    short_clip_padding: str = field(
+        default="center", metadata={"help": "clips shorter than the crop are zero-padded: center (the SLICER "
+                                             "authors' extract_window: half the padding on each side) or end"})
 
 
-def read_manifest(path: str) -> Tuple[List[str], List[int]]:
-    """Absolute paths and sample counts of a fairseq manifest (errors name the file and line)."""
-    root, rows = manifest_io.read_manifest(path)
-    return [os.path.join(root, rel) for rel, _ in rows], [n for _, n in rows]
+def read_manifest(path: str) -> Tuple[List[str], List[int], List[Tuple[str, int]]]:
+    """Absolute paths, sample counts and ``(manifest, line)`` origins of a fairseq manifest's entries."""
+    root, rows = read_manifest_entries(path)
+    return ([os.path.join(root, rel) for rel, _, _ in rows], [n for _, n, _ in rows],
+            [(os.path.abspath(path), line) for _, _, line in rows])
 
 
 class CropDataset(FairseqDataset):
     """Fixed-length crops of the files of one or more manifests: ``{"id", "source": S}`` items."""
 
-    def __init__(self, manifests: List[str], crop: int, sample_rate: int, seed: int, random_crop: bool):
+    short_clip_padding = "center"  # or "end"; set from task.short_clip_padding
+
+    def __init__(self, manifests: List[str], crop: int, sample_rate: int, seed: int, random_crop: bool,
+                 downmix: bool = False):
         self.files: List[str] = []
         self.lengths: List[int] = []
+        self.origins: List[Tuple[str, int]] = []
         for m in manifests:
-            files, sizes = read_manifest(m)
+            files, sizes, origins = read_manifest(m)
             self.files += files
             self.lengths += sizes
+            self.origins += origins
+        self.downmix = bool(downmix)
         if not self.files:
             raise ValueError(f"no audio in {manifests}")
         self.crop, self.sample_rate, self.seed, self.random_crop = crop, sample_rate, seed, random_crop
@@ -82,16 +92,17 @@ class CropDataset(FairseqDataset):
         return len(self.files)
 
     def load(self, index: int, epoch: int) -> torch.Tensor:
-        wav, sr = sf.read(self.files[index], dtype="float32", always_2d=True)
-        if sr != self.sample_rate:
-            raise ValueError(f"{self.files[index]}: sample rate {sr}, task.sample_rate={self.sample_rate}")
-        wav = wav.mean(axis=1)
+        manifest, line = self.origins[index]
+        wav = read_audio(self.files[index], self.sample_rate, expected_samples=self.lengths[index],
+                         manifest=manifest, line=line, downmix=self.downmix)
         rng = np.random.default_rng([self.seed, epoch if self.random_crop else 0, index])
         if wav.shape[0] > self.crop:
             start = int(rng.integers(0, wav.shape[0] - self.crop + 1))
             wav = wav[start:start + self.crop]
         elif wav.shape[0] < self.crop:
-            wav = np.pad(wav, (0, self.crop - wav.shape[0]))
+            missing = self.crop - wav.shape[0]
+            left = missing // 2 if self.short_clip_padding == "center" else 0
+            wav = np.pad(wav, (left, missing - left))
         return torch.from_numpy(np.ascontiguousarray(wav))
 
     def __getitem__(self, index: int):
@@ -122,6 +133,7 @@ class SlicerPretrainingTask(UnlabelledAudioTask):
 
     @classmethod
     def setup_task(cls, cfg: SlicerPretrainingConfig, **kwargs) -> "SlicerPretrainingTask":
+        cls.check_setup(cfg, [("task.data", cfg.data)] + [("task.extra_data", d) for d in cfg.extra_data], **kwargs)
         return cls(cfg)
 
     def manifests(self, split: str) -> List[str]:
@@ -139,7 +151,11 @@ class SlicerPretrainingTask(UnlabelledAudioTask):
     def load_dataset(self, split: str, **kwargs) -> None:
         crop = int(round(self.cfg.crop_seconds * self.cfg.sample_rate))
         self.datasets[split] = CropDataset(self.manifests(split), crop, self.cfg.sample_rate, self.cfg.seed,
-                                           random_crop=(split == "train"))
+                                           random_crop=self.is_train_split(split),
+                                           downmix=self.cfg.downmix_stereo)
+        if self.cfg.short_clip_padding not in ("center", "end"):
+            raise ValueError(f"task.short_clip_padding={self.cfg.short_clip_padding!r}: expected center or end")
+        self.datasets[split].short_clip_padding = self.cfg.short_clip_padding
         logger.info("%s: %d clips from %s", split, len(self.datasets[split]), self.manifests(split))
 
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False, **kwargs):
@@ -155,11 +171,13 @@ class SlicerPretrainingTask(UnlabelledAudioTask):
 
     @torch.no_grad()
     def fit_kmix(self, model) -> np.ndarray:
-        """Fit k-mix's k-means on time-averaged raw log-mels of a seeded sample of the train split."""
+        """Fit k-mix's k-means on time-averaged raw log-mels of a seeded sample of the (first) training split
+        of ``dataset.train_subset``."""
         t0 = time.time()
-        if "train" not in self.datasets:
-            self.load_dataset("train")
-        ds = self.datasets["train"]
+        split = self.train_splits()[0]
+        if split not in self.datasets:
+            self.load_dataset(split)
+        ds = self.datasets[split]
         n = min(len(ds), max(self.cfg.kmix_min_items, int(round(self.cfg.kmix_fraction * len(ds)))))
         idx = np.sort(np.random.default_rng(self.cfg.seed).choice(len(ds), size=n, replace=False))
         device = next(model.parameters()).device
