@@ -3,8 +3,7 @@ import os
 
 import numpy as np
 import pytest
-
-sf = pytest.importorskip("soundfile")
+import soundfile as sf
 
 from manifests.build_manifest import BadFilesError, build_manifest, main  # noqa: E402
 from manifests.manifest_io import ManifestError, read_lines, read_manifest, words_to_letters  # noqa: E402

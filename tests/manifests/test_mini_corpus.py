@@ -10,9 +10,6 @@ import wave
 import numpy as np
 import pytest
 
-pytest.importorskip("espeakng_loader")
-pytest.importorskip("soxr")
-
 from manifests import espeak as espeak_mod  # noqa: E402
 from manifests.manifest_io import read_lines, read_manifest, words_to_letters  # noqa: E402
 from manifests.mini_corpus import SPLITS, build_mini_corpus, main  # noqa: E402
