@@ -22,7 +22,8 @@ class SlicerCriterionConfig(FairseqDataclass):
     instance_weight: float = field(default=1.0, metadata={"help": "weight of the symmetric InfoNCE"})
     cluster_weight: float = field(default=1.0, metadata={"help": "weight of the cluster-column NT-Xent"})
     entropy_weight: float = field(
-        default=1.0, metadata={"help": "weight of the cluster entropy regulariser (CC authors: 1)"})
+        default=1.0, metadata={"help": "weight of the cluster entropy regulariser (CC authors: 1; the SLICER "
+                                         "authors leave it out: 0 in slicer_authors.yaml)"})
     instance_temperature: float = field(default=0.07, metadata={"help": "InfoNCE temperature"})
     cluster_temperature: float = field(default=1.0, metadata={"help": "cluster NT-Xent temperature"})
 

@@ -16,6 +16,9 @@ and learns one scalar per hidden layer, softmax-normalised, to mix the layers be
 - Speaker verification trains nothing: utterance embeddings are the time-mean of each layer, standardised,
   mixed with given layer weights (by default the speaker-id probe's learned weights of the same seed), and
   trials are scored by cosine similarity.
+- Content retrieval trains nothing either: same-text cross-speaker query-by-example (every utterance queries
+  the other speakers' utterances, ranked by the DTW cost of their frame features, cosine frame distance; the
+  relevant ones say the same text), mean average precision of the layer that is best on the validation split.
 
 Everything takes plain tensors (``L x T x C`` per utterance, or ``N x L x C`` pooled), so the functions are
 testable without audio.
@@ -354,3 +357,92 @@ def speaker_verification(pooled_test: torch.Tensor, trials: Sequence[Tuple[int, 
         per_layer.append(metrics.eer(s, labels))
     return {"test": metrics.eer(scores, labels), "layer_weights": weights.tolist(), "per_layer_eer": per_layer,
             "seconds": time.time() - t0}
+
+
+# ------------------------------------------------------------------------------------------------------
+# content: same-text cross-speaker retrieval (query-by-example) with DTW over frame features
+def dtw_costs(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor], chunk: int = 2048) -> torch.Tensor:
+    """DTW cost of every pair ``(a[k], b[k])`` of ``T x C`` frame sequences -> ``K`` float64 costs.
+
+    Frame distance: cosine distance ``1 - cos``; steps (1, 0), (0, 1), (1, 1) with weight 1; the cost of the best
+    path from the first to the last frame pair divided by ``T_a + T_b`` (so it does not grow with length). Pairs
+    are padded and run together, one anti-diagonal at a time (the padded cells never reach the end cell).
+    """
+    if len(a) != len(b):
+        raise ValueError(f"dtw_costs: {len(a)} first and {len(b)} second sequences")
+    out = torch.empty(len(a), dtype=torch.float64)
+    for s in range(0, len(a), chunk):
+        xa, xb = a[s:s + chunk], b[s:s + chunk]
+        na = torch.tensor([x.size(0) for x in xa])
+        nb = torch.tensor([x.size(0) for x in xb])
+        if bool((na == 0).any()) or bool((nb == 0).any()):
+            raise ValueError("dtw_costs: a sequence has no frames")
+        pa = nn.utils.rnn.pad_sequence([F.normalize(x.double(), dim=-1) for x in xa], batch_first=True)
+        pb = nn.utils.rnn.pad_sequence([F.normalize(x.double(), dim=-1) for x in xb], batch_first=True)
+        cost = 1.0 - pa @ pb.transpose(1, 2)  # K x N x M
+        k, n, m = cost.shape
+        acc = torch.full((k, n + 1, m + 1), math.inf, dtype=torch.float64)
+        acc[:, 0, 0] = 0.0
+        for d in range(2, n + m + 1):  # cells (i, j) with i + j = d, 1-based
+            i = torch.arange(max(1, d - m), min(n, d - 1) + 1)
+            j = d - i
+            best = torch.minimum(torch.minimum(acc[:, i - 1, j], acc[:, i, j - 1]), acc[:, i - 1, j - 1])
+            acc[:, i, j] = cost[:, i - 1, j - 1] + best
+        out[s:s + len(xa)] = acc[torch.arange(k), na, nb] / (na + nb).double()
+    return out
+
+
+def average_precision(costs: Sequence[float], relevant: Sequence[bool]) -> float:
+    """Average precision of a ranking by ascending cost (ties keep input order); needs one relevant item."""
+    order = sorted(range(len(costs)), key=lambda i: costs[i])
+    hits, total = 0, 0.0
+    for rank, i in enumerate(order, start=1):
+        if relevant[i]:
+            hits += 1
+            total += hits / rank
+    if hits == 0:
+        raise ValueError("average_precision: no relevant item")
+    return total / hits
+
+
+def same_text_retrieval(feats: Sequence[torch.Tensor], texts: Sequence[str], speakers: Sequence[str]) -> Dict:
+    """Query-by-example over ``T x C`` frame features: every utterance queries the utterances of OTHER speakers,
+    ranked by :func:`dtw_costs`; the relevant ones say the same text. Returns ``map`` (mean average precision
+    over the queries that have a relevant item), ``p_at_1`` and ``queries``."""
+    n = len(feats)
+    if not n == len(texts) == len(speakers):
+        raise ValueError(f"same_text_retrieval: {n} features, {len(texts)} texts, {len(speakers)} speakers")
+    pairs = [(i, j) for i in range(n) for j in range(i + 1, n) if speakers[i] != speakers[j]]
+    if not pairs:
+        raise ValueError("same_text_retrieval: every utterance has the same speaker")
+    costs = dtw_costs([feats[i] for i, _ in pairs], [feats[j] for _, j in pairs])
+    table: Dict[int, Dict[int, float]] = {i: {} for i in range(n)}
+    for (i, j), c in zip(pairs, costs.tolist()):
+        table[i][j] = table[j][i] = c
+    aps, p1 = [], []
+    for q in range(n):
+        cands = sorted(table[q])
+        rel = [texts[c] == texts[q] for c in cands]
+        if not any(rel):
+            continue
+        cost = [table[q][c] for c in cands]
+        aps.append(average_precision(cost, rel))
+        p1.append(float(rel[min(range(len(cands)), key=lambda k: cost[k])]))
+    if not aps:
+        raise ValueError("same_text_retrieval: no text is said by two speakers")
+    return {"map": sum(aps) / len(aps), "p_at_1": sum(p1) / len(p1), "queries": len(aps)}
+
+
+def content_retrieval(valid: Tuple[Sequence[torch.Tensor], Sequence[str], Sequence[str]],
+                      test: Tuple[Sequence[torch.Tensor], Sequence[str], Sequence[str]]) -> Dict:
+    """Same-text cross-speaker retrieval per hidden layer (``L x T x C`` features): the layer with the best
+    validation MAP is scored on the test split (SUPERB's QbE reports the best layer; choosing it on validation
+    keeps the test split unseen). Returns ``test`` (MAP, in %), ``layer``, ``per_layer_map_valid``, ``p_at_1``."""
+    t0 = time.time()
+    num_layers = valid[0][0].size(0)
+    per_layer = [same_text_retrieval([f[layer].float() for f in valid[0]], valid[1], valid[2])["map"]
+                 for layer in range(num_layers)]
+    best = max(range(num_layers), key=lambda layer: per_layer[layer])
+    res = same_text_retrieval([f[best].float() for f in test[0]], test[1], test[2])
+    return {"test": 100.0 * res["map"], "layer": best, "per_layer_map_valid": [100.0 * v for v in per_layer],
+            "p_at_1": 100.0 * res["p_at_1"], "queries": res["queries"], "seconds": time.time() - t0}
