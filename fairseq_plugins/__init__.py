@@ -9,6 +9,7 @@ but not ``criterions/``, so all three are imported here).
 from fairseq_plugins import compat
 
 compat.install_safe_globals()
+compat.install_checkpoint_guards()
 
 from fairseq_plugins import criterions, models, tasks  # noqa: E402,F401  (registers everything)
 

@@ -21,6 +21,11 @@ applies them once at import.
 3. torchaudio. The PyPI torchaudio for torch >= 2.11 is CUDA-only and raises ``OSError`` on import next to
    CPU torch. The plugin never imports it; :func:`optional_torchaudio` is the one guarded import for users
    who have a working copy.
+4. Checkpoint writing and resuming (:func:`install_checkpoint_guards`, last section of this file). fairseq
+   saves the first checkpoint file atomically but copies it onto ``checkpoint_last.pt`` non-atomically, so a
+   kill during the copy truncates it; :class:`AtomicCopyPathManager` copies to a temporary name and renames.
+   A broken file to resume from raises :class:`BrokenCheckpointError` naming it, listing the intact
+   checkpoints with their update numbers and the ``checkpoint.restore_file=...`` override to resume.
 """
 import argparse
 import logging
@@ -175,3 +180,129 @@ def optional_torchaudio() -> Optional[Any]:
         logger.info("torchaudio is not usable here (%s); the plugin does not need it", first_line(str(e)))
         return None
     return torchaudio
+
+
+# ==========================================================================================================
+# 4. Checkpoints a kill cannot truncate, and a resume that says what to do with a broken one (issue 16).
+#    Added by the fault-handling work; tests: tests/faults/test_checkpoint_faults.py.
+# ==========================================================================================================
+class BrokenCheckpointError(RuntimeError):
+    """A checkpoint to resume from is truncated or not a checkpoint; the message lists the intact ones."""
+
+
+class AtomicCopyPathManager:
+    """fairseq's ``PathManager`` with ``copy`` made atomic for local paths: copy to ``dst.tmp``, then rename.
+
+    fairseq writes the first checkpoint of a save atomically (``torch_persistent_save``: ``.tmp`` + rename) but
+    makes ``checkpoint_last.pt`` / ``checkpoint_best.pt`` with ``PathManager.copy`` (``shutil.copyfile`` onto
+    the old file), so a kill during that copy leaves a truncated ``checkpoint_last.pt``. Installed only as
+    ``fairseq.checkpoint_utils.PathManager``; every other attribute is fairseq's.
+    """
+
+    def __init__(self, base):
+        self._base = base
+
+    def __getattr__(self, name: str):
+        return getattr(self._base, name)
+
+    def copy(self, src_path: str, dst_path: str, overwrite: bool = False) -> bool:
+        if not self._base.supports_rename(dst_path):  # remote (ioPath) paths: fairseq's behaviour
+            return self._base.copy(src_path, dst_path, overwrite=overwrite)
+        if os.path.exists(dst_path) and not overwrite:
+            raise FileExistsError(f"{dst_path} exists (copy of {src_path} without overwrite)")
+        tmp = dst_path + ".tmp"
+        self._base.copy(src_path, tmp, overwrite=True)
+        os.replace(tmp, dst_path)
+        return True
+
+
+def checkpoint_file_problem(path: str) -> Optional[str]:
+    """Why ``path`` cannot be a loadable torch checkpoint (cheap: reads the zip directory only), or None."""
+    import zipfile
+
+    size = os.path.getsize(path)
+    if size == 0:
+        return "empty file (0 bytes)"
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head == b"PK\x03\x04":  # torch's zip format (torch >= 1.6)
+        try:
+            with zipfile.ZipFile(path) as z:
+                z.namelist()
+        except (zipfile.BadZipFile, OSError, EOFError) as e:
+            return f"truncated or corrupted ({size} bytes; {e})"
+        return None
+    if head[:1] == b"\x80":  # legacy pickle format: only loading it can tell
+        return None
+    return f"not a torch checkpoint ({size} bytes starting with {head!r})"
+
+
+def checkpoint_num_updates(path: str) -> Tuple[Optional[int], Optional[str]]:
+    """``(updates, None)`` for an intact fairseq checkpoint (tensors memory-mapped, not read), else
+    ``(None, reason)``."""
+    problem = checkpoint_file_problem(path)
+    if problem:
+        return None, problem
+    install_safe_globals()
+    try:
+        state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, OSError, ValueError) as e:
+        return None, f"not loadable: {first_line(str(e))}"
+    history = state.get("optimizer_history") or [{}] if isinstance(state, dict) else [{}]
+    return history[-1].get("num_updates"), None
+
+
+def resume_advice(path: str, problem: str) -> str:
+    """The message for a broken checkpoint to resume from: the file, why, the intact checkpoints next to it
+    (newest first, with their update numbers) and the exact override that resumes from the newest."""
+    path = os.path.abspath(path)
+    folder = os.path.dirname(path)
+    intact = []
+    for name in sorted(os.listdir(folder)):
+        other = os.path.join(folder, name)
+        if other == path or not name.endswith(".pt") or not os.path.isfile(other):
+            continue
+        updates, _ = checkpoint_num_updates(other)
+        if updates is not None:
+            intact.append((updates, name))
+    intact.sort(key=lambda x: (-x[0], x[1]))
+    lines = [f"cannot resume from {path}: {problem} (was the run killed while writing it?)"]
+    if not intact:
+        lines.append(f"no intact checkpoint in {folder}: remove {path} to start from scratch")
+        return "\n".join(lines)
+    lines.append(f"intact checkpoints in {folder}:")
+    lines += [f"  {name}  (update {updates})" for updates, name in intact]
+    newest = os.path.join(folder, intact[0][1])
+    lines.append(f"to resume from the newest, rerun the same command with: checkpoint.restore_file={newest}")
+    lines.append(f"(or replace the broken file: cp {newest} {path})")
+    return "\n".join(lines)
+
+
+_CHECKPOINT_GUARDS_INSTALLED = False
+
+
+def install_checkpoint_guards() -> None:
+    """Make fairseq's checkpoint copies atomic and check the file ``Trainer.load_checkpoint`` resumes from
+    (idempotent). A broken file raises :class:`BrokenCheckpointError` with :func:`resume_advice` instead of
+    torch's ``PytorchStreamReader failed reading zip archive`` trace."""
+    global _CHECKPOINT_GUARDS_INSTALLED
+    if _CHECKPOINT_GUARDS_INSTALLED:
+        return
+    import functools
+
+    from fairseq import checkpoint_utils, trainer
+
+    if not isinstance(checkpoint_utils.PathManager, AtomicCopyPathManager):
+        checkpoint_utils.PathManager = AtomicCopyPathManager(checkpoint_utils.PathManager)
+    original = trainer.Trainer.load_checkpoint
+
+    @functools.wraps(original)
+    def load_checkpoint(self, filename, *args, **kwargs):
+        if os.path.isfile(filename):
+            problem = checkpoint_file_problem(filename)
+            if problem:
+                raise BrokenCheckpointError(resume_advice(filename, problem))
+        return original(self, filename, *args, **kwargs)
+
+    trainer.Trainer.load_checkpoint = load_checkpoint
+    _CHECKPOINT_GUARDS_INSTALLED = True
