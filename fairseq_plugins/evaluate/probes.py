@@ -437,12 +437,13 @@ def content_retrieval(valid: Tuple[Sequence[torch.Tensor], Sequence[str], Sequen
                       test: Tuple[Sequence[torch.Tensor], Sequence[str], Sequence[str]]) -> Dict:
     """Same-text cross-speaker retrieval per hidden layer (``L x T x C`` features): the layer with the best
     validation MAP is scored on the test split (SUPERB's QbE reports the best layer; choosing it on validation
-    keeps the test split unseen). Returns ``test`` (MAP, in %), ``layer``, ``per_layer_map_valid``, ``p_at_1``."""
+    keeps the test split unseen). Returns ``test`` (MAP, a fraction like every probe's score), ``layer``,
+    ``per_layer_map_valid``, ``p_at_1``."""
     t0 = time.time()
     num_layers = valid[0][0].size(0)
     per_layer = [same_text_retrieval([f[layer].float() for f in valid[0]], valid[1], valid[2])["map"]
                  for layer in range(num_layers)]
     best = max(range(num_layers), key=lambda layer: per_layer[layer])
     res = same_text_retrieval([f[best].float() for f in test[0]], test[1], test[2])
-    return {"test": 100.0 * res["map"], "layer": best, "per_layer_map_valid": [100.0 * v for v in per_layer],
-            "p_at_1": 100.0 * res["p_at_1"], "queries": res["queries"], "seconds": time.time() - t0}
+    return {"test": res["map"], "layer": best, "per_layer_map_valid": per_layer, "p_at_1": res["p_at_1"],
+            "queries": res["queries"], "seconds": time.time() - t0}

@@ -78,7 +78,7 @@ def test_content_retrieval_picks_the_layer_on_valid():
     noise = [torch.randn(f.shape, generator=g) for f in feats]
     layered = [torch.stack([n, f]) for n, f in zip(noise, feats)]  # layer 0: noise, layer 1: content
     out = content_retrieval((layered, texts, spks), (layered, texts, spks))
-    assert out["layer"] == 1 and out["test"] == pytest.approx(100.0)
+    assert out["layer"] == 1 and out["test"] == pytest.approx(1.0)
     assert out["per_layer_map_valid"][0] < out["per_layer_map_valid"][1]
 
 
