@@ -1,6 +1,8 @@
 # Two commands are the contract (see README.md):
 #   make demo   -- set up the local venv, build the mini corpus, train the demo models
-#   make test   -- set up the local venv, lint, run the test suite
+#   make test   -- set up the local venv, lint, run the test suite (it includes tests/test_packaging.py: build the
+#                  wheel, install it into a throwaway venv, smoke-test it with the compiled soft-DTW kernel)
+# Every package version comes from constraints.txt (the lock), exported as PIP_CONSTRAINT.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -17,7 +19,7 @@ $(STAMP): setup.py constraints.txt requirements-dev.txt scripts/setup_venv.sh
 	touch $(STAMP)
 
 lint: setup
-	$(VPY) -m ruff check fairseq_plugins manifests tests benchmarks scripts examples
+	$(VPY) -m ruff check setup.py fairseq_plugins manifests tests benchmarks scripts examples
 
 test: setup lint
 	$(VPY) -m pytest -ra --durations=15 tests

@@ -1,6 +1,8 @@
 """Every workaround for fairseq / torch version quirks, in one place, each with its reason.
 
-The plugin targets fairseq-fixed 0.12.3.1 (fairseq main of 2024-01 with the Python 3.11 fix) and torch >= 2.6.
+The plugin targets fairseq-fixed 0.12.3.1 (fairseq main of 2024-01 with the Python 3.11 fix) and torch >= 2.4
+(the first release with ``torch.serialization.add_safe_globals``; torch >= 2.6 loads with ``weights_only=True``
+by default).
 Nothing here changes behaviour silently: each function says what it patches, and the package ``__init__``
 applies them once at import.
 
@@ -74,9 +76,11 @@ def install_safe_globals() -> None:
     global _SAFE_GLOBALS_INSTALLED
     if _SAFE_GLOBALS_INSTALLED:
         return
-    if not hasattr(torch.serialization, "add_safe_globals"):  # torch < 2.4: weights_only is opt-in anyway
-        _SAFE_GLOBALS_INSTALLED = True
-        return
+    if not hasattr(torch.serialization, "add_safe_globals"):
+        raise ImportError(
+            f"fairseq_plugins needs torch >= 2.4 (torch.serialization.add_safe_globals, for safe checkpoint "
+            f"loading); this is torch {torch.__version__}"
+        )
     torch.serialization.add_safe_globals(fairseq_safe_globals())
     _SAFE_GLOBALS_INSTALLED = True
 

@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Creates the project's virtual environment for CPU machines (the project's machine kind).
-#   - torch is pinned to the CPU build via PIP_CONSTRAINT (constraints.txt): no CUDA wheel is ever pulled.
-#   - fairseq-fixed 0.12.3.1: official fairseq 0.12.2 cannot be built or imported on Python 3.11
-#     (see README.md, "Installing"); fairseq-fixed is a fork of fairseq main with the 3.11 fix. It compiles
-#     Cython/C++ extensions against the installed torch, so it is installed without build isolation,
-#     after torch, cython and numpy. pip caches the built wheel: a second setup takes seconds.
+#   - Every version comes from constraints.txt (the lock, exported as PIP_CONSTRAINT so that isolated build
+#     environments honour it too): nothing below names a version, and no new release of anything changes
+#     what gets installed. torch is its CPU build, so no CUDA wheel is ever pulled.
+#   - fairseq-fixed (official fairseq 0.12.2 cannot be built or imported on Python 3.11, see README.md,
+#     "Installing"; fairseq-fixed is a fork of fairseq main with the 3.11 fix) compiles Cython/C++ extensions
+#     against the installed torch, so it is installed without build isolation, after torch, cython and numpy.
+#     pip caches the built wheel: a second setup takes seconds.
 #   - torchaudio: fairseq-fixed depends on it, and the only build on PyPI for torch 2.13 is CUDA-only
 #     (import raises OSError next to CPU torch). The plugin never imports it; we uninstall it so no
 #     CUDA-linked package remains in the venv.
+#   - The plugin itself: editable, with its extras (eval: probe metrics/plots, corpus: espeak-ng, hf:
+#     transformers/safetensors formats), then the test tools of requirements-dev.txt.
 set -euo pipefail
 PY=${1:-python3}
 VENV=${2:-.venv}
@@ -17,15 +21,15 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
 VPY="$VENV/bin/python"
-"$VPY" -m pip install -q --upgrade "pip>=24.2" "setuptools<81" wheel
-"$VPY" -m pip install -q "torch==2.13.0" "numpy<2.3" "cython<3.2"
-# fairseq-fixed drags torchaudio in; its CUDA wheel is useless here, so keep it out of the resolver
-"$VPY" -m pip install -q --no-build-isolation "fairseq-fixed==0.12.3.1"
+"$VPY" -m pip install -q --upgrade pip setuptools wheel
+"$VPY" -m pip install -q torch numpy cython
+# fairseq-fixed drags torchaudio in; its CUDA wheel is useless here, so keep it out of the venv
+"$VPY" -m pip install -q --no-build-isolation fairseq-fixed
 "$VPY" -m pip uninstall -q -y torchaudio || true
+"$VPY" -m pip install -q --no-build-isolation -e "$HERE[eval,corpus,hf]"
 "$VPY" -m pip install -q -r "$HERE/requirements-dev.txt"
-"$VPY" -m pip install -q --no-build-isolation --no-deps -e "$HERE"
 "$VPY" - <<'PY'
-import importlib.util, subprocess, sys
+import subprocess, sys
 import torch, fairseq
 bad = [l for l in subprocess.run([sys.executable, "-m", "pip", "list"], capture_output=True, text=True).stdout.splitlines()
        if l.lower().startswith(("nvidia", "triton"))]

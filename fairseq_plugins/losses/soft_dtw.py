@@ -323,7 +323,9 @@ def _load_cpp():
             src = _CPP_SOURCE
             if not src.is_file():
                 raise FileNotFoundError(f"{src} is missing (the package was installed without its package data)")
-            base = ["-O3", "-ffp-contract=fast", "-fopenmp"]
+            # -std=c++20 (std::bit_cast): torch 2.13 passes it itself; releases that pass -std=c++17 get it
+            # overridden (extra_cflags come last, and the last -std wins)
+            base = ["-O3", "-ffp-contract=fast", "-fopenmp", "-std=c++20"]
             last: Optional[BaseException] = None
             for flags in (base + ["-march=native"], base):
                 key = [src.read_bytes(), " ".join(flags).encode(), _cpu_signature().encode()]
