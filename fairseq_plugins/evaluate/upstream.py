@@ -36,6 +36,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from fairseq_plugins.data.audio import normalize_waveform
+
 logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
@@ -175,11 +177,7 @@ class HookedUpstream(Upstream):
         padding mask ``B x T`` (None when no padding mask was given).
         """
         if self.normalize:
-            if padding_mask is None:
-                wavs = F.layer_norm(wavs, wavs.shape[-1:])
-            else:
-                wavs = torch.stack([torch.cat([F.layer_norm(w[~m], w[~m].shape), w[m] * 0])
-                                    for w, m in zip(wavs, padding_mask)])
+            wavs = normalize_waveform(wavs, padding_mask)
         captured: Dict[str, object] = {}
         layer_out: List[torch.Tensor] = []
 

@@ -176,7 +176,7 @@ class LaserFinetuneModel(BaseFairseqModel):
 
     def _encode_batch(self, backbone: nn.Module, source: torch.Tensor, padding_mask: Optional[torch.Tensor]):
         if self.normalize:
-            from fairseq_plugins.modules.wavlm import normalize_waveform
+            from fairseq_plugins.data.audio import normalize_waveform
 
             source = normalize_waveform(source, padding_mask)
         layer = self.cfg.output_layer or None

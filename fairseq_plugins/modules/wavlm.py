@@ -41,6 +41,7 @@ from fairseq.modules import LayerNorm, MultiheadAttention
 from fairseq.modules.checkpoint_activations import checkpoint_wrapper
 
 from fairseq_plugins.compat import first_line
+from fairseq_plugins.data.audio import normalize_waveform  # noqa: F401  (the one home; re-exported for WavLM users)
 
 logger = logging.getLogger(__name__)
 
@@ -474,19 +475,6 @@ class WavLMBackbone(WavLMFeaturesMixin, nn.Module):
     def release_state_dict(self) -> Dict[str, torch.Tensor]:
         """The parameters under their release names (a plain dict of detached tensors)."""
         return {k: v.detach() for k, v in self.state_dict().items()}
-
-
-def normalize_waveform(source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None,
-                       eps: float = 1e-5) -> torch.Tensor:
-    """Per-utterance zero mean / unit variance over the valid samples (what fairseq's HubertDataset and the
-    authors' README do with ``F.layer_norm(wav, wav.shape)`` when ``normalize``). B x S -> B x S, pads = 0."""
-    if padding_mask is None:
-        return F.layer_norm(source, source.shape[-1:], eps=eps)
-    valid = (~padding_mask).to(source.dtype)
-    count = valid.sum(-1, keepdim=True).clamp(min=1)
-    mean = (source * valid).sum(-1, keepdim=True) / count
-    var = (((source - mean) * valid) ** 2).sum(-1, keepdim=True) / count
-    return (source - mean) / torch.sqrt(var + eps) * valid
 
 
 # ----------------------------------------------------------------------------------------------------------
