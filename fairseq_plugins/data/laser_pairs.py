@@ -4,7 +4,8 @@ LASER (Meghanani & Hain, "LASER: Learning by Aligning Self-supervised Representa
 Content-related Tasks", Interspeech 2024, arXiv 2406.09153): view 1 is the utterance, view 2 the same utterance
 speed-perturbed (factor drawn uniformly from a list) and then pitch-shifted by +2 or -2 semitones (p = 1/2
 each); the pair is returned in random order. The views differ in length, so both are padded separately and the
-loss aligns them with soft-DTW. Randomness is seeded by ``(seed, epoch, index)``: the same sample gives the
+loss aligns them with soft-DTW (the model encodes each padded item alone, ``model.encode_per_item``, so padding
+never changes an item's features). Randomness is seeded by ``(seed, epoch, index)``: the same sample gives the
 same pair in any data-loader worker.
 """
 import logging
