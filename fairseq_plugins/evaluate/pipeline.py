@@ -19,6 +19,9 @@ Tasks (the test split is scored once per run, with the best-validation probe; RE
   linear; accuracy.
 - ``clip``: ``--clip-dir`` ``train/valid/test`` + ``.cls`` (synthesised when not given); mean pooling +
   linear; accuracy.
+- ``content_qbe``: the keyword set's ``valid/test`` + ``.kw`` + ``.spk`` (``--keyword-dir``, synthesised when not
+  given); no training: same-text cross-speaker retrieval with DTW over frame features; MAP in % of the layer
+  best on valid.
 """
 import json
 import logging
@@ -52,7 +55,7 @@ from fairseq_plugins.evaluate.upstream import (
 
 logger = logging.getLogger(__name__)
 
-TASKS = ("phone_ctc", "phone_frame", "speaker_id", "speaker_ver", "keyword", "clip")
+TASKS = ("phone_ctc", "phone_frame", "speaker_id", "speaker_ver", "keyword", "clip", "content_qbe")
 # task -> (metric name, higher is better)
 METRICS: Dict[str, Tuple[str, bool]] = {
     "phone_ctc": ("PER", False),
@@ -61,6 +64,7 @@ METRICS: Dict[str, Tuple[str, bool]] = {
     "speaker_ver": ("EER", False),
     "keyword": ("accuracy", True),
     "clip": ("accuracy", True),
+    "content_qbe": ("MAP", True),
 }
 # Default probe budgets, sized so the mini corpus run takes minutes on one CPU core (see README).
 # phone_ctc uses a small BiLSTM head: a linear CTC head (SUPERB PR, `--probe phone_ctc.head=linear`) needs far
@@ -74,7 +78,8 @@ DEFAULT_PROBES: Dict[str, ProbeConfig] = {
 }
 DEFAULT_SPLITS = {"phone_ctc": ("train", "valid", "test"), "phone_frame": ("train", "valid", "test"),
                   "speaker_id": ("train", "valid", "auto"), "speaker_ver": ("train", "", "test"),
-                  "keyword": ("train", "valid", "test"), "clip": ("train", "valid", "test")}
+                  "keyword": ("train", "valid", "test"), "clip": ("train", "valid", "test"),
+                  "content_qbe": ("", "valid", "test")}
 SV_WEIGHTS = ("speaker_id", "uniform", "last")
 
 
@@ -207,6 +212,19 @@ def load_task(task: str, cfg: EvalConfig) -> TaskData:
         train = Split(md, tr) if tr else test
         return TaskData(task, _whole(train, [None] * len(train)), None,
                         _whole(test, [None] * len(test)), 0, {"trials": trials, "trials_path": trials_path})
+    if task == "content_qbe":  # the keyword set: the same words said by different voices
+        directory = cfg.keyword_dir
+        if directory is None:
+            from manifests.keywords import ensure_keywords
+
+            directory = os.path.join(cfg.out_dir, "data", "keywords")
+            ensure_keywords(directory, seed=cfg.data_seed, num_speakers=cfg.keyword_speakers,
+                            repeats=cfg.keyword_repeats)
+        parts = []
+        for name in (va, te):
+            sp = Split(directory, name)
+            parts.append(_whole(sp, list(zip(sp.side("kw"), sp.side("spk")))))
+        return TaskData(task, parts[0], parts[0], parts[1], 0, {})
     if task == "keyword":
         directory = cfg.keyword_dir
         if directory is None:
@@ -266,6 +284,9 @@ def run_task(data: TaskData, store: FeatureStore, cfg: ProbeConfig, seed: int,
             *[(_pooled(store, p), torch.tensor(p.targets, dtype=torch.long))
               for p in (data.train, data.valid, data.test)],
             num_classes=data.num_classes, cfg=cfg, seed=seed, tag=tag)
+    elif data.name == "content_qbe":
+        out = probes.content_retrieval(*[(_feats(store, p), [t for t, _ in p.targets], [s for _, s in p.targets])
+                                         for p in (data.valid, data.test)])
     elif data.name == "speaker_ver":
         mean, std = probes.pooled_stats(_pooled(store, data.train))
         out = probes.speaker_verification(_pooled(store, data.test), data.extra["trials"], sv_weights, mean, std)
@@ -348,7 +369,7 @@ def run_evaluation(cfg: EvalConfig) -> List[Dict]:
     results: List[Dict] = []
     upstream_info = {}
     dtype = {"float32": torch.float32, "float16": torch.float16}[cfg.cache_dtype]
-    frame_splits = {p.split.tsv for t in ("phone_ctc", "phone_frame") if t in datas
+    frame_splits = {p.split.tsv for t in ("phone_ctc", "phone_frame", "content_qbe") if t in datas
                     for p in (datas[t].train, datas[t].valid, datas[t].test)}
     for up in _upstreams(cfg):
         up.to(cfg.device)
