@@ -60,6 +60,12 @@ class LaserFinetuneTask(UnlabelledAudioTask):
         cls.check_setup(cfg, [("task.data", cfg.data)], **kwargs)
         return cls(cfg)
 
+    def build_model(self, cfg, from_checkpoint: bool = False):
+        # the backbone file is read only on the first build (then its architecture lives in backbone_spec)
+        if not from_checkpoint and getattr(cfg, "backbone_spec", None) is None:
+            self.check_paths([("model.checkpoint", getattr(cfg, "checkpoint", None))], kind="file")
+        return super().build_model(cfg, from_checkpoint)
+
     def load_dataset(self, split: str, **kwargs) -> None:
         manifest = os.path.join(self.cfg.data, f"{split}.tsv")
         if not os.path.isfile(manifest):

@@ -109,3 +109,14 @@ def test_truncated_checkpoint_last_says_how_to_resume(tmp_path):
     assert proc.returncode == 0, log[-5000:]
     assert re.search(r"Loaded checkpoint \S*checkpoint_1_4\.pt \(epoch \d+ @ 4 updates\)", log), log[-3000:]
     assert checkpoint_num_updates(str(last)) == (6, None)
+
+
+def test_console_script_sets_the_plugin_user_dir():
+    from fairseq_plugins.hydra_train import PLUGIN_DIR, with_user_dir
+
+    assert PLUGIN_DIR == os.path.join(REPO, "fairseq_plugins")
+    assert with_user_dir(["task.data=/d"]) == ["task.data=/d", f"common.user_dir={PLUGIN_DIR}"]
+    assert with_user_dir(["common.user_dir=/other"]) == ["common.user_dir=/other"]  # kept (with a warning)
+    with open(os.path.join(REPO, "setup.py")) as f:
+        setup = re.sub(r"\s", "", f.read())
+    assert '"fairseq-plugins-train=fairseq_plugins.hydra_train:main"' in setup

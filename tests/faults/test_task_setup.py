@@ -79,6 +79,22 @@ def test_slicer_extra_data_and_multiview_noise_manifest_are_checked(tmp_path):
         cls.setup_task(cfg)
 
 
+def test_laser_backbone_checkpoint_path_is_checked_before_reading(tmp_path, monkeypatch):
+    from fairseq_plugins.models.laser_finetune import LaserFinetuneModelConfig
+
+    cls, cfg = _laser(str(tmp_path))
+    task = cls.setup_task(cfg)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "hubert.pt").write_bytes(b"")
+    model_cfg = OmegaConf.structured(LaserFinetuneModelConfig(checkpoint="hubert.pt"))
+    model_cfg._name = "laser_finetune"
+    with pytest.raises(ValueError, match="model.checkpoint=hubert.pt is a relative path"):
+        task.build_model(model_cfg)
+    model_cfg.checkpoint = str(tmp_path / "missing.pt")
+    with pytest.raises(FileNotFoundError, match=f"model.checkpoint={tmp_path / 'missing.pt'}: no such file"):
+        task.build_model(model_cfg)
+
+
 def test_train_960_is_a_training_split_for_slicer(tmp_path, bad_split):
     bad_split(str(tmp_path), "train_960", num_good=4)
     bad_split(str(tmp_path), "train", num_good=4)
