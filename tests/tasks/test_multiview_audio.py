@@ -6,11 +6,11 @@ import soundfile as sf
 import torch
 from omegaconf import OmegaConf
 
+from fairseq_plugins.data.manifest_io import write_lines, write_manifest
 from fairseq_plugins.tasks.multiview_audio_pretraining import (
     MultiviewAudioPretrainingConfig,
     MultiviewAudioPretrainingTask,
 )
-from manifests.manifest_io import write_lines, write_manifest
 
 SR = 16000
 LENGTHS = [12000, 20000, 16000, 4000, 24000]  # the 4000-sample file is below min_sample_size
