@@ -79,8 +79,8 @@ def read_audio(path: str, sample_rate: int, expected_samples: Optional[int] = No
         raise AudioError(f"{at}{path}: unreadable audio: {str(e).strip() or type(e).__name__}") from None
     total = int(info.frames)
     if total <= 0:
-        raise AudioError(f"{at}{path}: 0 samples (empty file): expected "
-                         f"{expected_samples if expected_samples is not None else 'at least 1'}")
+        said = f" (the manifest says {expected_samples})" if expected_samples is not None else ""
+        raise AudioError(f"{at}{path}: 0 samples (empty file): expected at least 1{said}")
     if int(info.samplerate) != int(sample_rate):
         raise AudioError(f"{at}{path}: sample rate {info.samplerate} Hz, expected {sample_rate} Hz "
                          f"(resample the corpus and rebuild the manifest)")
