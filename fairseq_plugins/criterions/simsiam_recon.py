@@ -99,6 +99,9 @@ class SimsiamReconCriterion(PluginCriterion):
         net_output = model(**sample["net_input"], num_views=views["num_views"], aligned=views["aligned"],
                            mask=self.recon_weight > 0, simsiam=self.simsiam_weight > 0,
                            recon=self.recon_weight > 0)
+        # losses in float32 also under bf16/fp16 training (the model's outputs are in its dtype)
+        net_output = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v
+                      for k, v in net_output.items()}
         loss, terms = self.compute_loss(net_output)
         sample_size = views["batch_size"]
         pad = net_output["padding_mask"]

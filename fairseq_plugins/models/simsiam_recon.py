@@ -27,14 +27,14 @@ import logging
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-import numpy as np
 import torch
-from fairseq.data.data_utils import compute_mask_indices
 from fairseq.dataclass import ChoiceEnum
 from fairseq.models.hubert.hubert import HubertConfig, HubertModel
 
 from fairseq_plugins.compat import register
 from fairseq_plugins.modules.heads import LogMelTarget, PredictorMLP, ProjectorMLP, ReconstructionHead
+from fairseq_plugins.modules.precision import apply_keeping
+from fairseq_plugins.modules.span_mask import CHANNEL, TIME, SpanMaskKeys, seeded_span_mask
 
 logger = logging.getLogger(__name__)
 
@@ -152,6 +152,8 @@ class SimsiamReconModel(HubertModel):
         self.logmel = LogMelTarget(task_cfg.sample_rate, cfg.recon_n_mels, cfg.recon_win_length,
                                    cfg.recon_hop_length)
         self.removed_prefixes: List[str] = []
+        self.num_updates = 0
+        self.mask_keys = SpanMaskKeys(task_cfg.seed)
 
     @classmethod
     def build_model(cls, cfg: SimsiamReconConfig, task):
@@ -159,6 +161,10 @@ class SimsiamReconModel(HubertModel):
             raise ValueError("model.frame_simsiam=true needs time-aligned views: set task.aligned_views=true "
                              "(with alignment-keeping augmentations only)")
         return cls(cfg, task.cfg)
+
+    def _apply(self, fn, recurse: bool = True):
+        # fairseq's bf16/fp16 training casts the whole model: the log-mel target front end stays float32
+        return apply_keeping(super()._apply, fn, list(self.logmel.buffers()), recurse)
 
     # ------------------------------------------------------------------ encoder
     def encode_features(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None) -> Dict:
@@ -176,26 +182,33 @@ class SimsiamReconModel(HubertModel):
         return {"features": features, "padding_mask": padding_mask, "features_pen": features_pen,
                 "conv": conv}
 
+    def set_num_updates(self, num_updates: int) -> None:
+        """fairseq calls this before every training forward (and after loading a checkpoint): the update number
+        keys the span masks."""
+        super().set_num_updates(num_updates)
+        self.num_updates = int(num_updates)
+
     def apply_mask(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor], target_list=None):
-        """HuBERT's span masking (``compute_mask_indices``, ``mask_emb``), made repeatable: fairseq draws
-        the span positions from fresh OS entropy unless it gets ``(seed, epoch, indices)``, so we pass a seed
-        drawn from numpy's global generator (which fairseq seeds from ``common.seed``). Channel masking
-        (fine-tuning) is HuBERT's own. ``B x T x C -> (B x T x C, B x T bool or None)``; modifies ``x``."""
-        B, T, _ = x.shape
+        """HuBERT's span masking (``compute_mask_indices``, ``mask_emb``; channel masking for fine-tuning as
+        HuBERT's), with every mask keyed by (seed, update, rank, micro-batch) through
+        :class:`~fairseq_plugins.modules.span_mask.SpanMaskKeys`: repeatable, different on every rank and
+        update, and the same after a resume. ``B x T x C -> (B x T x C, B x T bool or None)``; modifies ``x``."""
+        B, T, C = x.shape
+        keys = self.mask_keys.next(self.training, self.num_updates)
         mask_indices = None
         if self.mask_prob > 0:
-            mask_indices = torch.from_numpy(compute_mask_indices(
-                (B, T), padding_mask, self.mask_prob, self.mask_length, self.mask_selection, self.mask_other,
-                min_masks=2, no_overlap=self.no_mask_overlap, min_space=self.mask_min_space,
-                seed=int(np.random.randint(1, 2 ** 31 - 1)), epoch=1, indices=torch.arange(B),
-            )).to(x.device)
+            mask_indices = seeded_span_mask(
+                (B, T), padding_mask, self.mask_prob, self.mask_length, keys + (TIME,), self.mask_selection,
+                self.mask_other, min_masks=2, no_overlap=self.no_mask_overlap, min_space=self.mask_min_space,
+            ).to(x.device)
             x[mask_indices] = self.mask_emb.to(x.dtype)
-        if self.mask_channel_prob > 0:  # HuBERT's channel masking, with its time masking switched off
-            mask_prob, self.mask_prob = self.mask_prob, 0.0
-            try:
-                x, _ = super().apply_mask(x, padding_mask, target_list)
-            finally:
-                self.mask_prob = mask_prob
+        if self.mask_channel_prob > 0:
+            channels = seeded_span_mask(
+                (B, C), None, self.mask_channel_prob, self.mask_channel_length, keys + (CHANNEL,),
+                self.mask_channel_selection, self.mask_channel_other, no_overlap=self.no_mask_channel_overlap,
+                min_space=self.mask_channel_min_space,
+            ).to(x.device)
+            x[channels.unsqueeze(1).expand(-1, T, -1)] = 0
         return x, mask_indices
 
     def run_transformer(self, features: torch.Tensor, padding_mask: Optional[torch.Tensor], mask: bool,
@@ -240,7 +253,7 @@ class SimsiamReconModel(HubertModel):
     def recon_targets(self, wav: torch.Tensor, num_frames: int,
                       padding_mask: Optional[torch.Tensor]) -> torch.Tensor:
         """``log(mel + 1e-5)`` targets ``B x num_frames x n_mels`` of ``wav`` (B x L)."""
-        target = self.logmel(wav)
+        target = self.logmel(wav.float())  # float32 also under bf16/fp16 training
         if abs(target.size(1) - num_frames) > 1:
             raise RuntimeError(f"{target.size(1)} log-mel frames for {num_frames} encoder frames: check "
                                f"recon_win_length/recon_hop_length against conv_feature_layers")

@@ -11,30 +11,22 @@ from fairseq.criterions import CRITERION_REGISTRY
 from fairseq.logging import metrics
 from fairseq.models import MODEL_REGISTRY
 from fairseq.tasks import TASK_REGISTRY
-from omegaconf import OmegaConf
 
 from fairseq_plugins.criterions.masked_reconstruction import MaskedReconstructionCriterion
 from fairseq_plugins.criterions.simsiam import SimsiamCriterion
 from fairseq_plugins.criterions.simsiam_recon import SimsiamReconCriterion
 from fairseq_plugins.losses.simsiam import collapse_std, healthy_std, masked_l1, negative_cosine, simsiam_loss
-from fairseq_plugins.models.simsiam_recon import SimsiamReconConfig, SimsiamReconModel
+from fairseq_plugins.models.simsiam_recon import SimsiamReconModel
+from fairseq_plugins.modules.span_mask import SpanMaskKeys
 from fairseq_plugins.tasks.multiview_audio_pretraining import (
-    MultiviewAudioPretrainingConfig,
     MultiviewAudioPretrainingTask,
 )
 
 
 @pytest.fixture(scope="module")
-def task_and_model():
-    task = MultiviewAudioPretrainingTask.setup_task(OmegaConf.structured(MultiviewAudioPretrainingConfig(
-        data="/nonexistent", seed=1, tpu=False, train_subset="train", augmentations=[])))
-    cfg = OmegaConf.structured(SimsiamReconConfig(
-        conv_feature_layers="[(32,10,5)] + [(32,3,2)] * 4 + [(32,2,2)] * 2", encoder_layers=2,
-        encoder_embed_dim=32, encoder_ffn_embed_dim=64, encoder_attention_heads=2, conv_pos=16,
-        conv_pos_groups=4, projector_dim=48, projector_hidden_dim=48, predictor_hidden_dim=12, dropout=0.0,
-        attention_dropout=0.0, dropout_input=0.0, dropout_features=0.0, mask_prob=0.3, mask_length=3))
+def task_and_model(tiny):
     torch.manual_seed(0)
-    return task, SimsiamReconModel.build_model(cfg, task)
+    return tiny.build_simsiam_recon(mask_prob=0.3)
 
 
 def make_sample(B=3, samples=8000, seed=0, swap=False):
@@ -48,7 +40,9 @@ def make_sample(B=3, samples=8000, seed=0, swap=False):
 
 
 def run(criterion, model, sample, seed=0):
-    np.random.seed(seed)  # fairseq's span masking draws from numpy's global generator
+    """The criterion on a fresh mask-key counter: every call masks the same spans (same seed, update, rank
+    and micro-batch), as the calls of one micro-batch position in a run do."""
+    model.mask_keys = SpanMaskKeys(seed)
     torch.manual_seed(seed)
     return criterion(model, sample)
 
@@ -143,31 +137,58 @@ def _grads(model):
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("weights,single", [((0.0, 1.0), SimsiamCriterion),
-                                            ((1.0, 0.0), MaskedReconstructionCriterion)])
-def test_zero_weight_gives_the_single_criterion(task_and_model, weights, single):
+def test_simsiam_criterion_against_a_hand_computation(task_and_model):
+    """``simsiam``: loss = B * (-(cos(p1, sg z2) + cos(p2, sg z1)) / 2), written out with cosine_similarity on
+    the model's unmasked heads, and so are its gradients; nothing is masked or reconstructed."""
     task, model = task_and_model
-    combined = SimsiamReconCriterion(task, recon_weight=weights[0], simsiam_weight=weights[1])
+    sample = make_sample()
     model.zero_grad()
-    loss_c, size_c, log_c = run(combined, model, make_sample())
-    loss_c.backward()
-    grads_c = _grads(model)
+    loss, size, log = run(SimsiamCriterion(task), model, sample)
+    loss.backward()
+    grads = _grads(model)
     model.zero_grad()
-    loss_s, size_s, log_s = run(single(task), model, make_sample())
-    loss_s.backward()
-    grads_s = _grads(model)
-    assert size_c == size_s == 3 and log_c == log_s
-    torch.testing.assert_close(loss_c, loss_s)
-    assert grads_c.keys() == grads_s.keys() and grads_c
-    for k in grads_c:
-        torch.testing.assert_close(grads_c[k], grads_s[k])
-    if single is SimsiamCriterion:  # plain SimSiam: nothing masked, no reconstruction, no recon head gradient
-        assert "recon_loss" not in log_s and not any(k.startswith("recon_head") for k in grads_s)
-        out = model(**make_sample()["net_input"], num_views=2, mask=False, recon=False)
-        assert loss_s.item() == pytest.approx(3 * simsiam_loss(out["p"], out["z"]).item(), rel=1e-5)
-    else:  # plain masked reconstruction: the SimSiam heads are not run
-        assert "simsiam_loss" not in log_s
-        assert not any(k.startswith(("projector", "predictor")) for k in grads_s)
+    out = model(**sample["net_input"], num_views=2, mask=False, recon=False)
+    p, z = out["p"], out["z"].detach()
+    cos = F.cosine_similarity(p[0], z[1], dim=-1).mean() + F.cosine_similarity(p[1], z[0], dim=-1).mean()
+    expected = -cos / 2 * 3
+    expected.backward()
+    assert size == 3 and "recon_loss" not in log and "mask_frac" not in log
+    torch.testing.assert_close(loss, expected)
+    assert log["cos_sim"] == pytest.approx(cos.item() / 2 * 3, rel=1e-5)
+    assert grads.keys() == _grads(model).keys() and not any(k.startswith("recon_head") for k in grads)
+    for k, g in _grads(model).items():
+        torch.testing.assert_close(grads[k], g)
+
+
+def test_masked_reconstruction_criterion_against_a_hand_computation(task_and_model):
+    """``masked_reconstruction``: loss = B * mean |recon_head(x) - log(mel(wav) + 1e-5)| over the masked,
+    non-padding frames, with the mel computed by librosa; the SimSiam heads are not run."""
+    import librosa
+
+    task, model = task_and_model
+    sample = make_sample()
+    model.zero_grad()
+    loss, size, log = run(MaskedReconstructionCriterion(task), model, sample)
+    loss.backward()
+    assert "simsiam_loss" not in log and not any(k.startswith(("projector", "predictor")) for k in _grads(model))
+    model.mask_keys = SpanMaskKeys(0)  # the same masks as the criterion's forward
+    with torch.no_grad():
+        out = model(**sample["net_input"], num_views=2, simsiam=False)
+        pred = model.recon_head(out["x"]).numpy()
+    src = sample["net_input"]["source"].numpy()
+    T = pred.shape[1]
+    mel = librosa.feature.melspectrogram(y=np.pad(src, ((0, 0), (56, 0))), sr=16000, n_fft=512, win_length=400,
+                                         hop_length=320, center=False, power=2.0, n_mels=80)
+    target = np.log(mel + 1e-5).transpose(0, 2, 1)[:, :T]  # B x T x 80, frame t = samples [320t, 320t + 400)
+    frame_pad = np.zeros((src.shape[0], T), dtype=bool)
+    # rows 1 and 4 have 6000 real samples (see make_sample); HuBERT's frame padding: frame t covers samples
+    # [t * (L // T), (t + 1) * (L // T)) and is padding when all of them are
+    frame_pad[[1, 4], -(-6000 // (src.shape[1] // T)):] = True
+    assert np.array_equal(out["padding_mask"].numpy(), frame_pad)
+    keep = out["mask_indices"].numpy() & ~frame_pad
+    expected = np.abs(pred - target)[keep].mean()
+    assert loss.item() == pytest.approx(3 * expected, rel=1e-3)
+    assert log["mask_frac"] / 3 == pytest.approx(keep.sum() / (~frame_pad).sum())
 
 
 def test_combined_loss_is_the_weighted_sum(task_and_model):
@@ -183,14 +204,9 @@ def test_combined_loss_is_the_weighted_sum(task_and_model):
         SimsiamReconCriterion(task, recon_weight=0.0, simsiam_weight=0.0)
 
 
-def test_frame_level_term():
-    aligned = MultiviewAudioPretrainingTask.setup_task(OmegaConf.structured(MultiviewAudioPretrainingConfig(
-        data="/nonexistent", seed=1, tpu=False, train_subset="train", augmentations=[], aligned_views=True)))
-    model = SimsiamReconModel.build_model(OmegaConf.structured(SimsiamReconConfig(
-        conv_feature_layers="[(32,10,5)] + [(32,3,2)] * 4 + [(32,2,2)] * 2", encoder_layers=1,
-        encoder_embed_dim=32, encoder_ffn_embed_dim=64, encoder_attention_heads=2, conv_pos=16,
-        conv_pos_groups=4, projector_dim=16, projector_hidden_dim=16, predictor_hidden_dim=4,
-        frame_simsiam=True)), aligned)
+def test_frame_level_term(tiny):
+    aligned, model = tiny.build_simsiam_recon(aligned=True, encoder_layers=1, projector_dim=16,
+                                              projector_hidden_dim=16, predictor_hidden_dim=4, frame_simsiam=True)
     sample = make_sample()
     sample["views"]["aligned"] = True
     sample["net_input"]["padding_mask"][1 + 3, :] = sample["net_input"]["padding_mask"][1, :]  # same padding
