@@ -89,3 +89,19 @@ def test_import_fails_when_a_foreign_class_holds_a_plugin_name(kind, name, modul
     assert last.startswith("fairseq_plugins.compat.RegistryClashError: "), out[-3000:]
     assert f"fairseq {kind} name {name!r} is already registered to __main__.ForeignThing" in last
     assert f"cannot register {module}.{cls} under it" in last
+
+
+def test_every_registration_goes_through_the_checked_decorator():
+    """fairseq's own register_* decorators would reintroduce the silent clash: the package never calls them."""
+    import re
+
+    offenders = []
+    for root, _, files in os.walk(os.path.join(REPO, "fairseq_plugins")):
+        for name in files:
+            if name.endswith(".py") and name != "compat.py":
+                path = os.path.join(root, name)
+                with open(path) as f:
+                    for i, line in enumerate(f, 1):
+                        if re.search(r"\bregister_(model|task|criterion)\(", line):
+                            offenders.append(f"{os.path.relpath(path, REPO)}:{i}: {line.strip()}")
+    assert not offenders, "use fairseq_plugins.compat.register instead of:\n" + "\n".join(offenders)
