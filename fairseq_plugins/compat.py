@@ -1,4 +1,5 @@
-"""Every workaround for fairseq / torch version quirks, in one place, each with its reason.
+"""The workarounds for fairseq / torch quirks that wrap fairseq or torch themselves, each with its reason; the
+ones that live next to the code they serve are listed at the end ("Elsewhere"), each with a pointer.
 
 The plugin targets fairseq-fixed 0.12.3.1 (fairseq main of 2024-01 with the Python 3.11 fix) and torch >= 2.4
 (the first release with ``torch.serialization.add_safe_globals``; torch >= 2.6 loads with ``weights_only=True``
@@ -28,6 +29,42 @@ applies them once at import.
    kill during the copy truncates it; :class:`AtomicCopyPathManager` copies to a temporary name and renames.
    A broken file to resume from raises :class:`BrokenCheckpointError` naming it, listing the intact
    checkpoints with their update numbers and the ``checkpoint.restore_file=...`` override to resume.
+
+Elsewhere (fairseq behaviours the plugin works around where it uses them):
+
+- fairseq imports a user dir's ``tasks/`` and ``models/`` but not ``criterions/``: the package ``__init__``
+  imports all three.
+- fairseq main's ``hubert_ctc`` reads ``cfg.autoregressive``, which ``HubertCtcConfig`` lacks:
+  ``models/hubert_ctc_compat.py`` registers the same model with the field added.
+- ``HubertModel.build_model`` hard-codes ``HubertModel(...)``: subclasses override ``build_model``
+  (``models/wavlm.py``, ``models/simsiam_recon.py``).
+- ``copy.deepcopy`` fails on fairseq's weight-normed positional convolution: the LASER frozen reference is
+  rebuilt instead of copied (``models/laser_finetune.py``, ``frozen_reference``).
+- fp16/bf16 training casts the whole model (``model.half()``): ``models/slicer.py`` (``_apply``) and
+  ``models/simsiam_recon.py`` (through ``modules/precision.py``) keep chosen tensors (log-mel front ends,
+  statistics, queue, teacher) in their precision.
+- Under DDP a worker that has run out of data trains on a placeholder copy of its first batch with
+  ``ignore_grad=True``: SLICER adds nothing from it to its queue, bank or normaliser
+  (``tasks/slicer_pretraining.py`` ``train_step``, ``models/slicer.py``).
+- fairseq divides gradients by ``sample_size``: ``criterions/slicer.py`` returns the batch mean times the batch
+  size.
+- fairseq's ``compute_mask_indices`` draws from numpy's global generator (seeded once, identical on every rank,
+  restarted on resume): ``modules/span_mask.py`` keys masks by (seed, update, rank, micro-batch).
+- Hydra changes the working directory before the task is built: ``tasks/base.py`` (``check_paths``) refuses
+  relative data paths; Hydra composes the YAML before the user dir is imported, so every example YAML names
+  ``task._name``, ``model._name`` and ``criterion._name``; ``hydra_train.py`` (``fairseq-plugins-train``)
+  passes ``common.user_dir`` so it cannot be forgotten.
+- Loading a checkpoint does not import the user dir: ``evaluate/upstream.py`` and ``inspect_checkpoint.py``
+  call ``fairseq.utils.import_user_module`` first.
+- Importing fairseq configures the root logger at DEBUG: ``evaluate/__main__.py`` reconfigures logging
+  (``force=True``), ``data/augment.py`` quiets numba.
+- fairseq and the WavLM authors ``eval()`` the ``conv_feature_layers`` string of a checkpoint:
+  ``modules/wavlm.py`` (``parse_conv_feature_layers``) parses it without eval (a release file is untrusted).
+- Config-level: fairseq's CTC channel masking raises "this should never happens" when a batch draws no span
+  (``examples/simsiam_recon/config/ctc_tiny.yaml``, ``mask_channel_length``); the legacy ``sgd`` optimizer reads
+  ``lr`` from its own section (``examples/slicer/config/*.yaml``).
+- Packaging: fairseq does not declare ``editdistance`` (CTC validation needs it: the ``eval`` extra of
+  setup.py); fairseq-fixed pulls the CUDA-only torchaudio, which ``scripts/setup_venv.sh`` removes again.
 """
 import argparse
 import logging
