@@ -150,6 +150,7 @@ def test_installed_wheel_works_outside_the_repository(wheel, tmp_path_factory):
     assert result["kernel_source"].startswith(site) and os.path.isfile(result["kernel_source"])
     assert "model:slicer" in result["registered"] and "criterion:soft_dtw" in result["registered"]
     assert result["modules"] >= 40, result
+    assert (venv / "bin" / "fairseq-plugins-train").is_file()  # the console script of setup.py's entry_points
 
 
 def test_torch_without_the_allow_list_api_is_refused_by_name(monkeypatch):
