@@ -284,7 +284,8 @@ def _pretrain(manifest, run, extra=(), updates=2 * HALF):
     """The tiny example config for ``updates`` updates (checkpoints and validation every ``HALF``)."""
     return [f"task.data={manifest}", f"checkpoint.save_dir={run}/ckpt", f"optimization.max_update={updates}",
             "common.log_interval=1", "dataset.max_tokens=160000", f"dataset.validate_interval_updates={HALF}",
-            f"checkpoint.save_interval_updates={HALF}", f"task.noise_manifest={manifest}/noise.tsv", *extra]
+            f"checkpoint.save_interval_updates={HALF}", f"task.noise_manifest={manifest}/noise.tsv",
+            f"++lr_scheduler.total_num_update={2 * HALF}", *extra]  # one schedule for the straight run and both legs
 
 
 def _state(path):
