@@ -33,6 +33,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from fairseq_plugins.data.manifest_io import words_to_letters, write_dictionary, write_lines, write_manifest
+from manifests.trials import make_trials
 
 logger = logging.getLogger(__name__)
 
@@ -345,37 +346,6 @@ def _split_speakers(speakers: List[Speaker], seed: int, test_fraction: float) ->
     return {s.id: ("test" if s.id in test else "train") for s in speakers}
 
 
-def make_trials(utts: Sequence[Tuple[str, str]], rng: np.random.Generator, max_trials: int) -> List[str]:
-    """Balanced verification trials ``"label utt_a utt_b"`` (1 = same speaker) from ``(utt_id, speaker)``."""
-    by_spk: Dict[str, List[str]] = {}
-    for utt, spk in utts:
-        by_spk.setdefault(spk, []).append(utt)
-    pos = [pair for spk in sorted(by_spk) for pair in itertools.combinations(by_spk[spk], 2)]
-    spks = sorted(by_spk)
-    n_neg_total = sum(len(by_spk[a]) * len(by_spk[b]) for a, b in itertools.combinations(spks, 2))
-    n = min(len(pos), n_neg_total, max_trials // 2)
-    if n == 0:
-        return []
-    chosen_pos = [pos[i] for i in sorted(rng.choice(len(pos), size=n, replace=False))]
-    if n_neg_total <= 20 * n:
-        neg = [(u, v) for a, b in itertools.combinations(spks, 2) for u in by_spk[a] for v in by_spk[b]]
-        chosen_neg = [neg[i] for i in sorted(rng.choice(len(neg), size=n, replace=False))]
-    else:
-        seen = set()
-        chosen_neg = []
-        flat = [(u, s) for s in spks for u in by_spk[s]]
-        while len(chosen_neg) < n:
-            i, j = (int(k) for k in rng.integers(len(flat), size=2))
-            if flat[i][1] == flat[j][1]:
-                continue
-            pair = (flat[min(i, j)][0], flat[max(i, j)][0])
-            if pair not in seen:
-                seen.add(pair)
-                chosen_neg.append(pair)
-    lines = [f"1 {a} {b}" for a, b in chosen_pos] + [f"0 {a} {b}" for a, b in chosen_neg]
-    return [lines[i] for i in rng.permutation(len(lines))]
-
-
 def _dictionary(path: str, counter: Counter) -> None:
     items = sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))
     write_dictionary(path, [k for k, _ in items], [v for _, v in items])
@@ -506,7 +476,8 @@ def build_mini_corpus(out_dir: str, seed: int = 0, minutes: float = 3.0, num_spe
         _dictionary(os.path.join(man, f"dict.{name}.txt"), counter)
 
     test = [(u.utt_id, u.speaker) for u in utts if u.split == "test"]
-    trials = make_trials(test, np.random.default_rng([seed, 5]), max_trials)
+    trials = [f"{label} {a} {b}" for label, a, b in make_trials(
+        [u for u, _ in test], [s for _, s in test], max_trials, seed=seed, source="the mini corpus's test split")]
     write_lines(os.path.join(man, "test.trials"), trials)
 
     by_id = {s.id: s for s in speakers}
