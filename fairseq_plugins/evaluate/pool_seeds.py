@@ -7,11 +7,11 @@ number of pairs. Names without a ``_s<digits>`` suffix (the baselines) stay as t
 """
 import argparse
 import json
-import math
 import re
 import sys
-from collections import defaultdict
 from typing import Dict, List, Optional, Sequence, Tuple
+
+from fairseq_plugins.evaluate.report import markdown_table, summarise
 
 SEED_SUFFIX = re.compile(r"^(?P<name>.+)_s(?P<seed>\d+)$")
 
@@ -42,11 +42,10 @@ def read_results(path: str) -> List[Dict]:
     return rows
 
 
-def pool(rows: Sequence[Dict]) -> Tuple[List[str], List[str], Dict[Tuple[str, str], List[float]], Dict[str, Dict]]:
-    """-> (tasks, recipes in first-seen order, {(task, recipe): values}, {task: first row})."""
+def pool(rows: Sequence[Dict]) -> Tuple[List[str], List[str], Dict[str, Dict]]:
+    """-> (tasks, recipes in first-seen order with the seeded ones first, {task: first row})."""
     tasks: List[str] = []
     recipes: List[str] = []
-    values: Dict[Tuple[str, str], List[float]] = defaultdict(list)
     meta: Dict[str, Dict] = {}
     seeded = set()
     for row in rows:
@@ -58,36 +57,18 @@ def pool(rows: Sequence[Dict]) -> Tuple[List[str], List[str], Dict[Tuple[str, st
             meta[row["task"]] = row
         if name not in recipes:
             recipes.append(name)
-        values[(row["task"], name)].append(float(row["value"]))
     recipes = [r for r in recipes if r in seeded] + [r for r in recipes if r not in seeded]  # baselines last
-    return tasks, recipes, values, meta
-
-
-def _mean_std(v: Sequence[float]) -> Tuple[float, float]:
-    m = sum(v) / len(v)
-    return m, math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else 0.0
+    return tasks, recipes, meta
 
 
 def markdown(rows: Sequence[Dict]) -> str:
-    tasks, recipes, values, meta = pool(rows)
-    lines = ["Test scores in %, mean ± std over pre-training seeds x probe seeds (n = number of pairs); "
-             "best mean in bold.", "",
-             "| task | metric | " + " | ".join(recipes) + " |", "|---|---|" + "---|" * len(recipes)]
-    for task in tasks:
-        higher = bool(meta[task]["higher_is_better"])
-        stats = {r: _mean_std(values[(task, r)]) for r in recipes if values.get((task, r))}
-        best = (max if higher else min)(stats, key=lambda r: stats[r][0])
-        cells = []
-        for r in recipes:
-            if r not in stats:
-                cells.append("-")
-                continue
-            m, s = stats[r]
-            cell = f"{100 * m:.1f} ± {100 * s:.1f} (n={len(values[(task, r)])})"
-            cells.append(f"**{cell}**" if r == best else cell)
-        arrow = "↑" if higher else "↓"
-        lines.append(f"| {task} | {meta[task]['metric']} {arrow} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    """The pooled table, written by :func:`fairseq_plugins.evaluate.report.markdown_table` (every row of a
+    recipe, over all its pre-training and probe seeds, is one sample of its cell)."""
+    tasks, recipes, meta = pool(rows)
+    summary = summarise([dict(r, upstream=recipe_of(r["upstream"])[0]) for r in rows])
+    metrics = {t: (meta[t]["metric"], bool(meta[t]["higher_is_better"])) for t in tasks}
+    caption = "Test scores in %, mean ± std over pre-training seeds x probe seeds (n = number of pairs)"
+    return markdown_table(summary, recipes, tasks, metrics, caption=caption, show_n=True, layer_table=False)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

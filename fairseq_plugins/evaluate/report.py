@@ -24,7 +24,7 @@ def summarise(results: Sequence[Dict]) -> Dict[Tuple[str, str], Dict]:
         groups.setdefault((r["task"], r["upstream"]), []).append(r)
     out = {}
     for key, rows in groups.items():
-        vals = np.array([100.0 * r["value"] for r in sorted(rows, key=lambda r: r["seed"])])
+        vals = np.array([100.0 * r["value"] for r in sorted(rows, key=lambda r: r.get("seed", 0))])
         weights = [r["layer_weights"] for r in rows if r.get("layer_weights") is not None]
         out[key] = {"mean": float(vals.mean()), "std": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0,
                     "n": len(vals), "values": vals.tolist(),
@@ -32,30 +32,36 @@ def summarise(results: Sequence[Dict]) -> Dict[Tuple[str, str], Dict]:
     return out
 
 
-def _cell(s: Optional[Dict]) -> str:
+def format_cell(s: Optional[Dict], show_n: bool = False) -> str:
+    """One table cell: ``mean ± std`` (just the mean for one seed), with ``(n=...)`` when ``show_n``."""
     if s is None:
         return "–"
+    if show_n:
+        return f"{s['mean']:.1f} ± {s['std']:.1f} (n={s['n']})"
     return f"{s['mean']:.1f} ± {s['std']:.1f}" if s["n"] > 1 else f"{s['mean']:.1f}"
 
 
 def markdown_table(summary: Dict, upstreams: Sequence[str], tasks: Sequence[str],
-                   metrics: Dict[str, Tuple[str, bool]], seeds: Sequence[int]) -> str:
+                   metrics: Dict[str, Tuple[str, bool]], seeds: Sequence[int] = (), caption: Optional[str] = None,
+                   show_n: bool = False, layer_table: bool = True) -> str:
+    """The markdown report: rows ``tasks``, columns ``upstreams``, cells :func:`format_cell` of ``summary``
+    (:func:`summarise`), the first best mean of a row in bold when the row has two or more cells; then (with
+    ``layer_table``) each multi-layer upstream's most-weighted layer. ``caption`` replaces the line that names
+    the ``seeds``. The one table writer of the evaluation (also used by :mod:`.pool_seeds`)."""
     arrow = {True: "↑", False: "↓"}
-    lines = [f"Test scores in %, mean ± std over {len(seeds)} seed(s) ({', '.join(map(str, seeds))}); "
-             "↑ higher is better, ↓ lower is better; best mean in bold.", "",
+    caption = caption or f"Test scores in %, mean ± std over {len(seeds)} seed(s) ({', '.join(map(str, seeds))})"
+    lines = [f"{caption}; ↑ higher is better, ↓ lower is better; best mean in bold.", "",
              "| task | metric | " + " | ".join(upstreams) + " |",
              "|---|---|" + "---|" * len(upstreams)]
     for t in tasks:
         name, higher = metrics[t]
         cells = [summary.get((t, u)) for u in upstreams]
-        means = [c["mean"] for c in cells if c is not None]
-        best = (max(means) if higher else min(means)) if means else None
-        row = []
-        for c in cells:
-            text = _cell(c)
-            row.append(f"**{text}**" if c is not None and best is not None and c["mean"] == best
-                       and len(means) > 1 else text)
+        present = [i for i, c in enumerate(cells) if c is not None]
+        best = (max if higher else min)(present, key=lambda i: cells[i]["mean"]) if len(present) > 1 else None
+        row = [f"**{format_cell(c, show_n)}**" if i == best else format_cell(c, show_n) for i, c in enumerate(cells)]
         lines.append(f"| {t} | {name} {arrow[higher]} | " + " | ".join(row) + " |")
+    if not layer_table:
+        return "\n".join(lines) + "\n"
     multi = [u for u in upstreams if any((summary.get((t, u)) or {}).get("weights_mean") and
                                          len(summary[(t, u)]["weights_mean"]) > 1 for t in tasks)]
     if multi:

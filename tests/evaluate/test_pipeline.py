@@ -96,12 +96,21 @@ def test_cli_on_tiny_hubert_writes_the_side_by_side_table(tiny_hubert, tmp_path)
     with open(out / "table.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["task"] for r in rows] == list(TASKS)
-    for r in rows:
-        for name in ("tiny", "random", "logmel"):
-            assert 0.0 <= float(r[name]) <= 1000.0, (r["task"], name)
     results = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert {(r["upstream"], r["task"]) for r in results} == {(u, t) for u in ("tiny", "random", "logmel")
                                                              for t in TASKS}
+    # every table cell is its run's score in percent, in its own column and row (one seed: std 0)
+    value = {(r["upstream"], r["task"]): 100 * r["value"] for r in results}
+    table_rows = {line.split("|")[1].strip(): [c.strip().strip("*") for c in line.strip("|").split("|")[2:]]
+                  for line in table.splitlines() if line.startswith("| ") and not line.startswith("| task")}
+    for r in rows:
+        assert r["seeds"] == "1"
+        for i, name in enumerate(("tiny", "logmel", "random")):
+            v = value[(name, r["task"])]
+            assert float(r[name]) == pytest.approx(v, abs=5e-4) and float(r[f"{name} std"]) == 0.0
+            assert table_rows[r["task"]][i] == f"{v:.1f}", (r["task"], name)
+            if r["metric"].startswith(("accuracy", "EER")):
+                assert 0.0 <= v <= 100.0, (r["task"], name, v)
     for r in results:
         assert np.isfinite(r["value"]) and abs(sum(r["layer_weights"]) - 1) < 1e-4
         if r["task"] != "speaker_ver":

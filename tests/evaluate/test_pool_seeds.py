@@ -48,3 +48,25 @@ def test_bad_lines_name_the_file_and_line(tmp_path, capsys):
     path.write_text(json.dumps({"upstream": "a", "task": "clip"}) + "\n")
     assert main([str(path)]) == 2
     assert "r.jsonl:1: missing field 'value'" in capsys.readouterr().err
+
+
+def test_report_table_is_the_one_writer_of_both_tables():
+    """report.markdown_table writes the evaluation's table (mean ± sample std over probe seeds, a single seed
+    shows its value alone, a missing cell a dash) and, with a caption and n, the pooled table above."""
+    from fairseq_plugins.evaluate.report import markdown_table, summarise
+
+    results = [row("a", "clip", 0.8, seed=0), row("a", "clip", 0.6, seed=1), row("b", "clip", 0.7, seed=0),
+               row("a", "speaker_ver", 0.3, seed=0, higher=False)]
+    summary = summarise(results)
+    assert summary[("clip", "a")]["values"] == [80.0, 60.0] and summary[("clip", "a")]["n"] == 2
+    metrics = {"clip": ("accuracy", True), "speaker_ver": ("EER", False)}
+    table = markdown_table(summary, ["a", "b"], ["clip", "speaker_ver"], metrics, seeds=[0, 1], layer_table=False)
+    lines = table.splitlines()
+    assert lines[0].startswith("Test scores in %, mean ± std over 2 seed(s) (0, 1)")
+    assert lines[-2] == "| clip | accuracy ↑ | **70.0 ± 14.1** | 70.0 |"  # a tie: the first one wins
+    assert lines[-1] == "| speaker_ver | EER ↓ | 30.0 | – |"  # one cell only: nothing to bold
+    summary[("clip", "b")]["mean"] = 71.0
+    assert markdown_table(summary, ["a", "b"], ["clip"], metrics, seeds=[0, 1]).splitlines()[-1] == \
+        "| clip | accuracy ↑ | 70.0 ± 14.1 | **71.0** |"
+    pooled = markdown_table(summary, ["a"], ["clip"], metrics, caption="X", show_n=True)
+    assert pooled.splitlines()[0].startswith("X;") and "70.0 ± 14.1 (n=2)" in pooled
