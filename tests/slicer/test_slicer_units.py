@@ -117,10 +117,21 @@ def test_losses_are_symmetric_in_the_views():
     c1, c2 = (torch.softmax(torch.randn(5, 4, generator=g), dim=1) for _ in range(2))
     for x, y in zip(cluster_contrast(c1, c2), cluster_contrast(c2, c1)):
         torch.testing.assert_close(x, y)
-    # the model's loss is symmetric too: swapping the views swaps q/k/c pairs
+    # the model's loss is symmetric too: with two different views, swapping them swaps the q/k/c pairs and
+    # leaves the loss unchanged (eval mode: BatchNorm uses running statistics, nothing is enqueued)
     model = tiny_model().eval()
+    x = model.logmel(batch())[1]
+    v1, v2 = x, random_resize_crop(x, generator=torch.Generator().manual_seed(0))
+    model.make_views = lambda source, dummy_batch=False: (v1, v2)
     out = model(batch())
-    assert torch.equal(out["q1"], out["q2"])  # eval: no augmentation, both views equal
+    loss = loss_of(model, batch())
+    model.make_views = lambda source, dummy_batch=False: (v2, v1)
+    swapped = model(batch())
+    assert not torch.allclose(out["q1"], out["q2"])  # the views really differ
+    for a, b in (("q1", "q2"), ("k1", "k2"), ("c1", "c2")):
+        torch.testing.assert_close(swapped[a], out[b])
+        torch.testing.assert_close(swapped[b], out[a])
+    torch.testing.assert_close(loss_of(model, batch()), loss)
 
 
 def test_cluster_columns_sum_as_expected():
@@ -180,7 +191,24 @@ def test_log_mixup_exp_and_random_resize_crop():
     lam = torch.tensor([0.1, 0.2, 0.3])
     ref = torch.log((1 - lam[:, None, None]) * x.exp() + lam[:, None, None] * y.exp())
     torch.testing.assert_close(log_mixup_exp(x, y, lam), ref)
-    assert random_resize_crop(torch.randn(2, 16, 20)).shape == (2, 16, 20)
+    x = torch.randn(2, 16, 20)
+    assert random_resize_crop(x).shape == (2, 16, 20)
+    # crop = the whole item: the identity
+    torch.testing.assert_close(random_resize_crop(x, (1.0, 1.0), (1.0, 1.0), (1.0, 1.0)), x)
+    # a time ramp cropped to half its length at the drawn offset and stretched back: a ramp from j0 to
+    # j0 + ct - 1 (end points exact with align_corners; PyTorch's cubic kernel bends a ramp by < 0.1 between)
+    ramp = torch.arange(20.0).expand(1, 16, 20)
+    out = random_resize_crop(ramp, (1.0, 1.0), (1.0, 1.0), (0.5, 0.5), generator=torch.Generator().manual_seed(2))
+    r = torch.rand(4, generator=torch.Generator().manual_seed(2)).tolist()
+    ct, j0 = 10, int(r[3] * (20 - 10 + 1))
+    assert j0 == 5
+    expected = (j0 + torch.arange(20.0) * (ct - 1) / 19).expand(16, 20)
+    torch.testing.assert_close(out[0][:, [0, -1]], expected[:, [0, -1]])
+    torch.testing.assert_close(out[0], expected, atol=0.1, rtol=0)
+    # a 1.5x virtual canvas taken whole: the item shrinks into the middle with zero margins
+    out = random_resize_crop(torch.ones(1, 16, 20), (1.0, 1.5), (1.0, 1.0), (1.5, 1.5))[0]
+    assert out[:, 0].abs().max() < 1e-6 and out[:, -1].abs().max() < 1e-6
+    torch.testing.assert_close(out[:, 8:12], torch.ones(16, 4))
 
 
 def test_kmix_model_needs_centroids():
