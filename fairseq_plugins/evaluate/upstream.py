@@ -6,14 +6,14 @@ a ``B x T`` padding mask (True = padding). It is always in eval mode and runs wi
 
 Sources:
 
-- fairseq HuBERT / wav2vec 2.0 checkpoints (pre-trained or fine-tuned, stock or plugin models) through
-  ``fairseq.checkpoint_utils.load_model_ensemble_and_task``. A pre-training checkpoint's task points at label
-  directories that do not exist on this machine; HuBERT's task only reads them lazily, and the dictionaries it
-  needs are in the checkpoint's ``task_state``, so only ``data`` is overridden (to the manifest directory).
-  Plugin checkpoints need ``--user-dir`` (``fairseq.utils.import_user_module``) before loading; this package
-  itself is imported anyway.
-- WavLM release files (``{'cfg': dict, 'model': state_dict}``) through
-  ``fairseq_plugins.modules.wavlm.load_wavlm_release(path) -> (model, cfg)`` (imported lazily).
+- Speech encoders -- fairseq HuBERT / wav2vec 2.0 checkpoints in every shape they ship (2021 releases whose
+  task points at label directories on the authors' cluster, pre-hydra ``args`` files, CTC fine-tuned ones),
+  WavLM release files and folders exported with ``--format safetensors`` -- through the plugin's one loader,
+  ``fairseq_plugins.modules.backbones.load_backbone`` (no task is rebuilt, so no label file is read).
+- The plugin's own training checkpoints (``slicer``, ``simsiam_recon``, ``laser_finetune`` ...) through
+  ``fairseq.checkpoint_utils.load_model_ensemble_and_task`` with ``data`` overridden to the manifest
+  directory. Checkpoints of plugins outside this package need ``--user-dir``
+  (``fairseq.utils.import_user_module``) before loading; ``NAME=fairseq:PATH`` forces fairseq's loader.
 - Baselines: ``logmel`` (80-bin log-mel, 25 ms window, 20 ms hop: a 1-layer upstream) and ``random`` (the
   first checkpoint's architecture, freshly initialised with a fixed seed by the model's own constructor).
 
@@ -34,7 +34,6 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from fairseq_plugins.data.audio import normalize_waveform
 
@@ -86,13 +85,13 @@ class LogMelUpstream(Upstream):
 
     def __init__(self, n_mels: int = 80, win: int = 400, hop: int = FRAME_HOP, name: str = "logmel"):
         super().__init__()
-        import librosa
+        from fairseq_plugins.modules.logmel import LogMel
 
         self.name = name
         self.win, self.hop = win, hop
-        fb = librosa.filters.mel(sr=SAMPLE_RATE, n_fft=win, n_mels=n_mels)  # n_mels x (win // 2 + 1)
-        self.register_buffer("fbank", torch.from_numpy(fb).float())
-        self.register_buffer("window", torch.hann_window(win))
+        # one home for log-mels: framing "label" = window centred on the label frame, n // hop frames
+        self.logmel = LogMel(SAMPLE_RATE, n_fft=win, win_length=win, hop_length=hop, n_mels=n_mels, f_min=0.0,
+                             f_max=None, eps=1e-6, framing="label", time_first=True)
         self.info = {"kind": "logmel", "n_mels": n_mels, "win": win, "hop": hop}
 
     @property
@@ -100,12 +99,7 @@ class LogMelUpstream(Upstream):
         return 1
 
     def _one(self, wav: torch.Tensor) -> torch.Tensor:
-        n_frames = wav.numel() // self.hop
-        pad = (self.win - self.hop) // 2
-        x = F.pad(wav.float().view(1, -1), (pad, self.win)).view(-1)
-        frames = x.unfold(0, self.win, self.hop)[:n_frames] * self.window  # T x win
-        power = torch.fft.rfft(frames, dim=-1).abs().pow(2)
-        return torch.log(power @ self.fbank.t() + 1e-6)  # T x n_mels
+        return self.logmel(wav.float().view(1, -1))[0]  # T x n_mels
 
     @torch.no_grad()
     def forward(self, wavs: torch.Tensor, padding_mask: Optional[torch.Tensor] = None):
@@ -224,17 +218,6 @@ class HookedUpstream(Upstream):
 
 # ------------------------------------------------------------------------------------------------------
 # loading
-def _peek(path: str) -> Dict:
-    """The checkpoint's top-level dict without reading the tensors (mmap), through the safe unpickler."""
-    from fairseq_plugins import compat
-
-    compat.install_safe_globals()
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # not a zip checkpoint (mmap needs one) or refused: let compat explain
-        return compat.load_checkpoint_state(path)
-
-
 def detect_kind(state: Dict) -> str:
     """``wavlm`` for a WavLM release file (flat ``cfg`` dict with ``encoder_layers`` and no task), else
     ``fairseq``."""
@@ -252,7 +235,9 @@ def import_user_dir(user_dir: Optional[str]) -> None:
 
 
 def load_fairseq_upstream(path: str, name: str, manifest_dir: Optional[str] = None) -> HookedUpstream:
-    """A fairseq checkpoint (HuBERT, wav2vec 2.0, plugin models) as a frozen upstream."""
+    """A checkpoint of one of the plugin's own training models (``slicer``, ``simsiam_recon``,
+    ``laser_finetune`` ...) through fairseq's ``load_model_ensemble_and_task``, with ``data`` pointed at the
+    manifest directory. Released encoders go through :func:`load_backbone_upstream` instead."""
     from fairseq import checkpoint_utils
 
     overrides = {"data": os.path.abspath(manifest_dir)} if manifest_dir else {}
@@ -272,36 +257,44 @@ def load_fairseq_upstream(path: str, name: str, manifest_dir: Optional[str] = No
     return up
 
 
-def load_wavlm_upstream(path: str, name: str) -> HookedUpstream:
-    """A WavLM release file through ``fairseq_plugins.modules.wavlm.load_wavlm_release``."""
-    try:
-        from fairseq_plugins.modules.wavlm import load_wavlm_release
-    except ImportError as e:
-        raise RuntimeError(f"{path} is a WavLM release file but fairseq_plugins.modules.wavlm is not "
-                           f"available ({e})") from e
-    model, cfg = load_wavlm_release(path)
-    normalize = bool(cfg.get("normalize", False) if isinstance(cfg, dict) else getattr(cfg, "normalize", False))
+def load_backbone_upstream(path: str, name: str, state: Optional[Dict] = None) -> HookedUpstream:
+    """A released / fine-tuned / exported speech encoder through the plugin's one loader
+    (:func:`fairseq_plugins.modules.backbones.load_backbone`): no task is rebuilt, so no label directory is
+    read; pre-training and CTC heads are dropped by name. ``state``: the file's dict when already read."""
+    from fairseq_plugins.modules.backbones import build_backbone_from_spec, load_backbone, load_backbone_state
+
+    b = load_backbone(path) if state is None else load_backbone_state(state, path)
+    spec = b.spec
 
     def builder() -> nn.Module:
-        return type(model)(cfg)
+        return build_backbone_from_spec(spec).model
 
-    up = HookedUpstream(model, name, normalize=normalize, kind="wavlm", builder=builder)
-    up.info.update(checkpoint=os.path.abspath(path))
+    up = HookedUpstream(b.model, name, normalize=b.normalize, kind=b.kind, builder=builder)
+    up.info.update(checkpoint=os.path.abspath(path), source=b.source, heads_dropped=b.dropped)
     return up
 
 
 def load_upstream(path: str, name: str, kind: str = "auto", manifest_dir: Optional[str] = None) -> Upstream:
-    """Load a checkpoint file as a frozen upstream; ``kind`` is ``auto``, ``fairseq`` or ``wavlm``."""
+    """Load a checkpoint file as a frozen upstream; ``kind`` is ``auto``, ``fairseq`` (fairseq's own loader)
+    or ``wavlm``. ``auto``: speech encoders (HuBERT / wav2vec 2.0 / WavLM, pre-trained, CTC fine-tuned or
+    exported) through the shared backbone loader, the plugin's own training checkpoints through fairseq.
+    A file that is neither raises ``BackboneCheckpointError`` (a ValueError) naming it."""
+    from fairseq_plugins.modules.backbones import is_plugin_training_checkpoint, read_checkpoint
+
     if kind not in KINDS:
         raise ValueError(f"unknown checkpoint kind {kind!r}; expected one of {', '.join(KINDS)}")
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint {name}={path} not found")
-    if kind == "auto":
-        kind = detect_kind(_peek(path))
-    logger.info("loading %s (%s checkpoint) from %s", name, kind, path)
-    if kind == "wavlm":
-        return load_wavlm_upstream(path, name)
-    return load_fairseq_upstream(path, name, manifest_dir)
+    logger.info("loading %s (%s) from %s", name, kind, path)
+    if kind == "fairseq":
+        return load_fairseq_upstream(path, name, manifest_dir)
+    if os.path.isdir(path):
+        return load_backbone_upstream(path, name)
+    state = read_checkpoint(path)
+    if kind == "auto" and is_plugin_training_checkpoint(state):
+        del state
+        return load_fairseq_upstream(path, name, manifest_dir)
+    return load_backbone_upstream(path, name, state)
 
 
 def _reset_all(model: nn.Module) -> None:

@@ -21,15 +21,14 @@ from fairseq.models.hubert.hubert import HubertConfig, HubertModel
 from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig, HubertPretrainingTask
 
 from fairseq_plugins.compat import register
+from fairseq_plugins.modules.backbones import BackboneCheckpointError, strict_load
 from fairseq_plugins.modules.wavlm import (
     ARCHITECTURE_KEYS,
     BACKBONE_PREFIXES,
-    WavLMCheckpointError,
     WavLMFeaturesMixin,
     WavLMRelativePositionConfig,
     WavLMTransformerEncoder,
     check_supported,
-    load_release_state_dict,
     load_wavlm_release,
     parse_conv_feature_layers,
     release_cfg_dict,
@@ -90,7 +89,7 @@ class WavLMModel(WavLMFeaturesMixin, HubertModel):
 
     def load_release(self, path: str) -> None:
         """Initialise the backbone from a released WavLM file (strict on every backbone key); the heads keep
-        their initialisation. Raises :class:`WavLMCheckpointError` when the architectures differ."""
+        their initialisation. Raises :class:`BackboneCheckpointError` when the architectures differ."""
         backbone, release_cfg = load_wavlm_release(path)
         mine = release_cfg_dict(self.cfg, normalize=self.normalize)
         theirs = release_cfg_dict(release_cfg)
@@ -99,11 +98,11 @@ class WavLMModel(WavLMFeaturesMixin, HubertModel):
         diff = {k: (mine[k], theirs[k]) for k in (*ARCHITECTURE_KEYS, "normalize") if mine[k] != theirs[k]}
         if diff:
             fixes = " ".join(f"{'task' if k == 'normalize' else 'model'}.{k}={v[1]}" for k, v in diff.items())
-            raise WavLMCheckpointError(
+            raise BackboneCheckpointError(
                 f"{path}: architecture differs from the model config (key: (config, file)) {diff}; "
                 f"set {fixes}"
             )
-        load_release_state_dict(_BackboneView(self), backbone.state_dict(), strict=True, name=path)
+        strict_load(_BackboneView(self), backbone.state_dict(), path, what="the wavlm model's backbone")
         logger.info("initialised the wavlm backbone from %s", path)
 
     def release_state_dict(self) -> Dict[str, torch.Tensor]:

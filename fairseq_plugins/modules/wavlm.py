@@ -42,6 +42,7 @@ from fairseq.modules.checkpoint_activations import checkpoint_wrapper
 
 from fairseq_plugins.compat import first_line
 from fairseq_plugins.data.audio import normalize_waveform  # noqa: F401  (the one home; re-exported for WavLM users)
+from fairseq_plugins.modules.backbones import BackboneCheckpointError, strict_load
 
 logger = logging.getLogger(__name__)
 
@@ -480,10 +481,6 @@ class WavLMBackbone(WavLMFeaturesMixin, nn.Module):
 # ----------------------------------------------------------------------------------------------------------
 # Release format IO
 # ----------------------------------------------------------------------------------------------------------
-class WavLMCheckpointError(ValueError):
-    """A file or dict is not a loadable released WavLM checkpoint (the message says why)."""
-
-
 def _plain(value: Any) -> Any:
     return value.value if isinstance(value, Enum) else value
 
@@ -553,66 +550,40 @@ def _fairseq_hint(name: str, keys: str) -> str:
 
 
 def validate_release_checkpoint(ckpt: Any, name: str) -> None:
-    """Raise :class:`WavLMCheckpointError` unless ``ckpt`` is ``{'cfg': dict, 'model': {str: Tensor}}``."""
+    """Raise :class:`BackboneCheckpointError` unless ``ckpt`` is ``{'cfg': dict, 'model': {str: Tensor}}``."""
     if not isinstance(ckpt, Mapping):
-        raise WavLMCheckpointError(
+        raise BackboneCheckpointError(
             f"{name} is not a released WavLM checkpoint: expected a dict with keys 'cfg' and 'model', "
             f"found a {type(ckpt).__name__}"
         )
     keys = _describe_keys(list(ckpt.keys()))
     if _looks_like_fairseq(ckpt):
-        raise WavLMCheckpointError(_fairseq_hint(name, keys))
+        raise BackboneCheckpointError(_fairseq_hint(name, keys))
     if "cfg" not in ckpt or "model" not in ckpt:
         bare = all(isinstance(v, torch.Tensor) for v in ckpt.values()) and len(ckpt) > 0
-        raise WavLMCheckpointError(
+        raise BackboneCheckpointError(
             f"{name} is not a released WavLM checkpoint: expected a dict with keys 'cfg' and 'model', found "
             f"keys {keys}" + (" (a bare state_dict: its cfg is missing)" if bare else "")
         )
     if not isinstance(ckpt["cfg"], dict):
-        raise WavLMCheckpointError(f"{name}: 'cfg' must be a plain dict, found {type(ckpt['cfg']).__name__}")
+        raise BackboneCheckpointError(f"{name}: 'cfg' must be a plain dict, found {type(ckpt['cfg']).__name__}")
     state = ckpt["model"]
     if not isinstance(state, Mapping):
-        raise WavLMCheckpointError(f"{name}: 'model' must be a state_dict, found {type(state).__name__}")
+        raise BackboneCheckpointError(f"{name}: 'model' must be a state_dict, found {type(state).__name__}")
     not_tensors = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if not_tensors:
-        raise WavLMCheckpointError(
+        raise BackboneCheckpointError(
             f"{name}: 'model' entries that are not tensors: {_describe_keys(not_tensors)}"
         )
 
 
-def load_release_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], strict: bool = True,
-                            name: str = "<state_dict>") -> None:
-    """Copy ``state`` (release key names) into ``model``.
-
-    strict=True: any missing key, unexpected key or shape mismatch raises :class:`WavLMCheckpointError` that
-    lists all of them. strict=False: missing/unexpected keys are logged and skipped; shape mismatches still
-    raise.
-    """
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mismatched = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-                  for k in sorted(set(state) & set(expected)) if state[k].shape != expected[k].shape]
-    if mismatched or (strict and (missing or unexpected)):
-        raise WavLMCheckpointError(
-            f"{name}: the state_dict does not match the WavLM architecture of its cfg\n"
-            f"  missing keys ({len(missing)}): {missing}\n"
-            f"  unexpected keys ({len(unexpected)}): {unexpected}\n"
-            f"  shape mismatches ({len(mismatched)}): {mismatched}"
-        )
-    if missing or unexpected:
-        logger.warning("%s: loading non-strictly; missing keys %s, unexpected keys %s",
-                       name, missing, unexpected)
-    model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=strict)
-
-
 def load_wavlm_release(path_or_state: Union[str, "os.PathLike[str]", Mapping[str, Any]],
-                       strict: bool = True) -> Tuple[WavLMBackbone, WavLMConfig]:
+                       name: Optional[str] = None) -> Tuple[WavLMBackbone, WavLMConfig]:
     """Build a :class:`WavLMBackbone` from a released WavLM file (or its loaded dict) and load it strictly.
 
     The file is read with ``torch.load(path, map_location='cpu', weights_only=True)``: release files are plain
     dicts and tensors, and nothing in them is executed (``conv_feature_layers`` is parsed, not eval'd).
-    Returns ``(model, cfg)``, the model in eval mode. Raises :class:`WavLMCheckpointError` (a ValueError)
+    Returns ``(model, cfg)``, the model in eval mode. Raises :class:`BackboneCheckpointError` (a ValueError)
     naming the file and what was found when it is not a release file, and listing every missing/unexpected
     key.
     """
@@ -623,18 +594,18 @@ def load_wavlm_release(path_or_state: Union[str, "os.PathLike[str]", Mapping[str
         except (pickle.UnpicklingError, EOFError, RuntimeError) as e:  # not a (safe) torch pickle
             reason = first_line(str(e))
             if any(s in str(e) for s in ("fairseq", "omegaconf", "argparse")):
-                raise WavLMCheckpointError(_fairseq_hint(name, f"unreadable: {reason}")) from e
-            raise WavLMCheckpointError(
+                raise BackboneCheckpointError(_fairseq_hint(name, f"unreadable: {reason}")) from e
+            raise BackboneCheckpointError(
                 f"{name} is not a released WavLM checkpoint: it cannot be read with weights_only=True "
                 f"({reason}); release files hold only a cfg dict and tensors"
             ) from e
     else:
-        name = "<in-memory checkpoint>"
+        name = name or "<in-memory checkpoint>"
         ckpt = path_or_state
     validate_release_checkpoint(ckpt, name)
     cfg = wavlm_config_from_release(ckpt["cfg"], source=name)
     model = WavLMBackbone(cfg)
-    load_release_state_dict(model, ckpt["model"], strict=strict, name=name)
+    strict_load(model, ckpt["model"], name, what="the WavLM architecture of its cfg")
     model.eval()
     logger.info("loaded WavLM release checkpoint %s (%d layers, dim %d)", name, cfg.encoder_layers,
                 cfg.encoder_embed_dim)
@@ -648,7 +619,7 @@ def save_wavlm_release(model: Union[nn.Module, Mapping[str, torch.Tensor]], cfg:
     ``model``: a :class:`WavLMBackbone`, anything with ``release_state_dict()`` (the fairseq ``wavlm`` model
     drops its pre-training heads there) or a state dict with release key names. ``cfg``: anything
     :func:`release_cfg_dict` accepts. The state dict is checked against the architecture of ``cfg`` before
-    anything is written (raises :class:`WavLMCheckpointError`), and the file is written atomically; it loads
+    anything is written (raises :class:`BackboneCheckpointError`), and the file is written atomically; it loads
     with ``torch.load(path, weights_only=True)`` and with the authors' code.
     """
     if isinstance(model, Mapping):
@@ -660,8 +631,8 @@ def save_wavlm_release(model: Union[nn.Module, Mapping[str, torch.Tensor]], cfg:
     state = {k: v.detach().cpu().clone() for k, v in state.items()}
     cfg_dict = release_cfg_dict(cfg)
     # build the architecture once to check keys and shapes: what is written must load strictly
-    load_release_state_dict(WavLMBackbone(wavlm_config_from_release(cfg_dict)), state, strict=True,
-                            name=f"export to {os.fspath(path)}")
+    strict_load(WavLMBackbone(wavlm_config_from_release(cfg_dict)), state, f"export to {os.fspath(path)}",
+                what="the WavLM architecture of its cfg")
     tmp = f"{os.fspath(path)}.tmp"
     torch.save({"cfg": cfg_dict, "model": state}, tmp)
     os.replace(tmp, path)

@@ -1,6 +1,7 @@
 """WavLM backbone (fairseq_plugins.modules.wavlm) and the registered fairseq model ``wavlm``.
 
-(a) numerical parity with HF transformers' WavLMModel (random tiny weights mapped key by key, strictly);
+(a) numerical parity with HF transformers' WavLMModel (random tiny weights mapped key by key, strictly, by the
+    HF export's one mapping, fairseq_plugins.modules.hf_convert);
 (b) the released-checkpoint format: round trip, strict key errors, refusal of fairseq checkpoints;
 (c) the fairseq model built through fairseq's task/model registries and trained one step by the stock
     ``hubert`` criterion; export to / initialisation from the release format.
@@ -14,14 +15,13 @@ from omegaconf import OmegaConf
 
 import fairseq_plugins.models.wavlm  # noqa: F401  (registers the model)
 from fairseq_plugins.models.wavlm import MODEL_NAME, WavLMModel, WavLMPretrainConfig
+from fairseq_plugins.modules.backbones import BackboneCheckpointError
 from fairseq_plugins.modules.wavlm import (
     RELEASE_CFG_KEYS,
     WavLMBackbone,
-    WavLMCheckpointError,
     WavLMConfig,
     load_wavlm_release,
     normalize_waveform,
-    parse_conv_feature_layers,
     save_wavlm_release,
 )
 
@@ -43,70 +43,17 @@ def tiny_backbone(seed: int = 0, **overrides) -> WavLMBackbone:
 
 
 # ------------------------------------------------------------------------------------------------ (a) parity
-def to_hf_state(state, hf_keys):
-    """Our (release) key names -> HF WavLMModel key names; raises on any key it does not know."""
-    layer_map = {
-        "self_attn.grep_a": "attention.gru_rel_pos_const",
-        "self_attn.grep_linear": "attention.gru_rel_pos_linear",
-        "self_attn.relative_attention_bias": "attention.rel_attn_embed",
-        "self_attn.q_proj": "attention.q_proj", "self_attn.k_proj": "attention.k_proj",
-        "self_attn.v_proj": "attention.v_proj", "self_attn.out_proj": "attention.out_proj",
-        "self_attn_layer_norm": "layer_norm", "fc1": "feed_forward.intermediate_dense",
-        "fc2": "feed_forward.output_dense", "final_layer_norm": "final_layer_norm",
-    }
-    # HF stores the weight-normed positional conv either as parametrizations (torch >= 2.1) or weight_g/_v
-    g, v = (("parametrizations.weight.original0", "parametrizations.weight.original1")
-            if "encoder.pos_conv_embed.conv.parametrizations.weight.original0" in hf_keys
-            else ("weight_g", "weight_v"))
-    fixed = {"mask_emb": "masked_spec_embed", "layer_norm.weight": "feature_projection.layer_norm.weight",
-             "layer_norm.bias": "feature_projection.layer_norm.bias",
-             "post_extract_proj.weight": "feature_projection.projection.weight",
-             "post_extract_proj.bias": "feature_projection.projection.bias",
-             "encoder.pos_conv.0.bias": "encoder.pos_conv_embed.conv.bias",
-             "encoder.pos_conv.0.weight_g": f"encoder.pos_conv_embed.conv.{g}",
-             "encoder.pos_conv.0.weight_v": f"encoder.pos_conv_embed.conv.{v}",
-             "encoder.layer_norm.weight": "encoder.layer_norm.weight",
-             "encoder.layer_norm.bias": "encoder.layer_norm.bias"}
-    out = {}
-    for key, value in state.items():
-        parts = key.split(".")
-        if key in fixed:
-            new = fixed[key]
-        elif key.startswith("feature_extractor.conv_layers."):
-            # block = Sequential(conv, dropout, norm, gelu); layer-norm mode wraps the norm as (T, LN, T)
-            block = {"0": "conv", "2": "layer_norm"}[parts[3]]
-            new = f"feature_extractor.conv_layers.{parts[2]}.{block}.{parts[-1]}"
-        elif key.startswith("encoder.layers."):
-            rest = ".".join(parts[3:])
-            prefix = next(p for p in layer_map if rest == p or rest.startswith(p + "."))
-            new = f"encoder.layers.{parts[2]}.{layer_map[prefix]}{rest[len(prefix):]}"
-        else:
-            raise KeyError(f"no HF name for {key}")
-        out[new] = value
-    return out
-
-
 def hf_twin(model: WavLMBackbone):
-    """The HF WavLMModel with the same architecture and weights (strict: every HF key is filled)."""
-    transformers = pytest.importorskip("transformers")
+    """The HF WavLMModel with the same architecture and weights, through the export's one mapping
+    (fairseq_plugins.modules.hf_convert: every HF key filled, strictly)."""
+    from fairseq_plugins.modules.backbones import Backbone
+    from fairseq_plugins.modules.hf_convert import to_hf_model
+    from fairseq_plugins.modules.wavlm import release_cfg_dict
+
     cfg = model.cfg
-    layers = parse_conv_feature_layers(cfg.conv_feature_layers)
-    hf_cfg = transformers.WavLMConfig(
-        hidden_size=cfg.encoder_embed_dim, num_hidden_layers=cfg.encoder_layers,
-        num_attention_heads=cfg.encoder_attention_heads, intermediate_size=cfg.encoder_ffn_embed_dim,
-        conv_dim=[d for d, _, _ in layers], conv_kernel=[k for _, k, _ in layers],
-        conv_stride=[s for _, _, s in layers], conv_bias=cfg.conv_bias,
-        feat_extract_norm="group" if cfg.extractor_mode == "default" else "layer",
-        do_stable_layer_norm=cfg.layer_norm_first, num_conv_pos_embeddings=cfg.conv_pos,
-        num_conv_pos_embedding_groups=cfg.conv_pos_groups, num_buckets=cfg.num_buckets,
-        max_bucket_distance=cfg.max_distance, hidden_act="gelu", feat_extract_activation="gelu",
-    )
-    hf = transformers.WavLMModel(hf_cfg).eval()
-    hf_keys = set(hf.state_dict())
-    mapped = to_hf_state(model.state_dict(), hf_keys)
-    assert set(mapped) == hf_keys, (sorted(hf_keys - set(mapped)), sorted(set(mapped) - hf_keys))
-    hf.load_state_dict(mapped, strict=True)
-    return hf
+    backbone = Backbone("wavlm", model, {"kind": "wavlm", "cfg": release_cfg_dict(cfg)}, cfg.encoder_embed_dim,
+                        cfg.encoder_layers, cfg.normalize)
+    return to_hf_model(backbone)
 
 
 @pytest.mark.filterwarnings("ignore:Support for mismatched key_padding_mask")  # inside HF's attention
@@ -224,18 +171,15 @@ def test_release_key_errors_list_the_keys(tmp_path):
 
     gone = "encoder.layers.1.self_attn.grep_a"
     missing = dict(ckpt, model={k: v for k, v in ckpt["model"].items() if k != gone})
-    with pytest.raises(WavLMCheckpointError, match=rf"missing keys \(1\): \['{gone}'\]"):
+    with pytest.raises(BackboneCheckpointError, match=rf"1 missing \['{gone}'\], 0 unexpected"):
         load_wavlm_release(missing)
 
     extra_key = "encoder.layers.1.self_attn.relative_attention_bias.weight"
     extra = dict(ckpt, model={**ckpt["model"], extra_key: torch.zeros(320, 4)})
-    with pytest.raises(WavLMCheckpointError, match=rf"unexpected keys \(1\): \['{extra_key}'\]"):
+    with pytest.raises(BackboneCheckpointError, match=rf"0 missing \[\], 1 unexpected \['{extra_key}'\]"):
         load_wavlm_release(extra)
 
-    loose, _ = load_wavlm_release(extra, strict=False)  # non-strict: the extra key is reported and skipped
-    assert extra_key not in loose.state_dict()
-
-    with pytest.raises(WavLMCheckpointError, match="a bare state_dict"):
+    with pytest.raises(BackboneCheckpointError, match="a bare state_dict"):
         load_wavlm_release(ckpt["model"])
     with pytest.raises(ValueError, match="may only contain"):
         evil = "__import__('os').getcwd()"
@@ -251,15 +195,15 @@ def test_fairseq_checkpoints_are_recognised(tmp_path):
         "model": tiny_backbone().state_dict(), "criterion": None, "optimizer_history": [],
         "task_state": {"dictionaries": [Dictionary()]}, "extra_state": {}, "last_optimizer_state": None,
     }
-    with pytest.raises(WavLMCheckpointError, match="this looks like a fairseq checkpoint"):
+    with pytest.raises(BackboneCheckpointError, match="this looks like a fairseq checkpoint"):
         load_wavlm_release(fairseq_ckpt)
     path = tmp_path / "checkpoint_last.pt"
     torch.save(fairseq_ckpt, path)  # loads under the plugin's allow-list: recognised by its keys
-    with pytest.raises(WavLMCheckpointError, match=rf"{path}.*this looks like a fairseq checkpoint"):
+    with pytest.raises(BackboneCheckpointError, match=rf"{path}.*this looks like a fairseq checkpoint"):
         load_wavlm_release(path)
     # an older checkpoint pickling an omegaconf object cannot even be unpickled safely: same advice
     torch.save(dict(fairseq_ckpt, cfg=OmegaConf.create(fairseq_ckpt["cfg"])), path)
-    with pytest.raises(WavLMCheckpointError, match="this looks like a fairseq checkpoint"):
+    with pytest.raises(BackboneCheckpointError, match="this looks like a fairseq checkpoint"):
         load_wavlm_release(path)
 
 
@@ -320,5 +264,5 @@ def test_export_and_init_from_release(tmp_path):
     _, restarted = build_task_and_model(tmp_path, init_from_release=path)
     for key, value in raw["model"].items():
         assert torch.equal(restarted.state_dict()[key], value), key
-    with pytest.raises(WavLMCheckpointError, match=r"model.max_distance=800"):
+    with pytest.raises(BackboneCheckpointError, match=r"model.max_distance=800"):
         build_task_and_model(tmp_path, init_from_release=path, max_distance=400)
