@@ -1,6 +1,7 @@
 """The ``simsiam_recon`` criterion: ``L = recon_weight * L_rec + simsiam_weight * L_sim`` for the
 positive-sample contrast + masked reconstruction method (Zhang, Liu, Niu, Chen, Qu; Journal on Communications
-2022, 43(7):163-171; design in METHODS.md section 1). ``L_sim`` is the symmetric stop-gradient SimSiam loss on
+2022, 43(7):163-171; design choices in examples/simsiam_recon/README.md). ``L_sim`` is the symmetric
+stop-gradient SimSiam loss on
 the utterance-level heads (plus ``frame_simsiam_weight`` times the frame-level one when the model has frame
 heads); ``L_rec`` is the L1 error of the log-mel reconstruction over masked frames. The single criteria
 ``simsiam`` and ``masked_reconstruction`` are this class with one weight fixed at 0 (see their modules),

@@ -3,8 +3,8 @@
 Subclass of fairseq's :class:`~fairseq.data.FileAudioDataset` (manifest reading, ``min_sample_size``
 filtering, length-sorted ``ordered_indices``, buckets, ``batch_by_size``); it adds views, seeded augmentation
 and line-parallel side labels. Used by the ``multiview_audio_pretraining`` task
-(:mod:`fairseq_plugins.tasks.multiview_audio_pretraining`), first for the positive-sample contrast + masked
-reconstruction method (Zhang et al., Journal on Communications 2022) and meant for MGF, CSC and SLICER too.
+(:mod:`fairseq_plugins.tasks.multiview_audio_pretraining`) of the positive-sample contrast + masked
+reconstruction method (Zhang et al., Journal on Communications 2022).
 
 Randomness. Every random choice of item ``index`` comes from :func:`~fairseq_plugins.data.augment.seeded_rng`
 keyed by ``(seed, epoch, index, stream)``: stream ``v`` for view ``v`` (its crop and augmentations), one

@@ -3,8 +3,8 @@
 Paper: Zhang, Liu, Niu, Chen, Qu, "positive-sample contrast + masked reconstruction" self-supervised speech
 pre-training, Journal on Communications 2022, 43(7):163-171 (a SimSiam-style siamese network on two augmented
 views of raw speech, one branch through a predictor, the other under stop-gradient, no negatives, multi-task
-with masked reconstruction). Details beyond the abstract are not public; the project's reconstruction is in
-``/work/shared/METHODS.md`` section 1 and every choice is a field of :class:`SimsiamReconConfig`.
+with masked reconstruction). Details beyond the abstract are not public: every choice of the project's
+reconstruction is a field of :class:`SimsiamReconConfig` (listed in examples/simsiam_recon/README.md).
 
 The encoder is fairseq's HuBERT encoder reused by subclassing :class:`~fairseq.models.hubert.HubertModel`
 (``ConvFeatureExtractionModel``, ``TransformerEncoder``, ``compute_mask_indices`` span masking with
@@ -53,7 +53,7 @@ class SimsiamReconConfig(HubertConfig):
         default=50.0, metadata={"help": "unused (no frame labels); kept for HubertModel"})
     mask_prob: float = field(
         default=0.15, metadata={"help": "fraction of frames covered by mask spans (before overlaps); design "
-                                        "choice: ~15% as in METHODS.md"})
+                                        "choice (the paper gives none): ~15%"})
     projector_dim: int = field(default=2048, metadata={"help": "SimSiam projector output dim (z)"})
     projector_hidden_dim: int = field(default=2048, metadata={"help": "SimSiam projector hidden dim"})
     projector_layers: int = field(default=3, metadata={"help": "linear layers in the projector (SimSiam: 3)"})

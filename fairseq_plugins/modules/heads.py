@@ -1,9 +1,8 @@
-"""Small heads shared by the plugin's self-supervised models: SimSiam's projector and predictor (Chen & He,
+"""Small heads of the ``simsiam_recon`` model: SimSiam's projector and predictor (Chen & He,
 "Exploring Simple Siamese Representation Learning", CVPR 2021, arXiv 2011.10566), a frame reconstruction head,
 and the log-mel reconstruction target (one configuration of :class:`fairseq_plugins.modules.logmel.LogMel`).
-First used by ``simsiam_recon`` (positive-sample contrast + masked reconstruction, Zhang et al., Journal on
-Communications 2022); MGF's
-frame-scale reconstruction can reuse the last two. Nothing is registered here.
+Used by ``simsiam_recon`` (positive-sample contrast + masked reconstruction, Zhang et al., Journal on
+Communications 2022). Nothing is registered here.
 """
 import logging
 from typing import Optional

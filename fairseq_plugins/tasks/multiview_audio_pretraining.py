@@ -1,8 +1,8 @@
 """The ``multiview_audio_pretraining`` task: N augmented views of every utterance of a fairseq manifest.
 
-Shared by the plugin's multi-view methods: the positive-sample contrast + masked reconstruction method
-(Zhang, Liu, Niu, Chen, Qu; Journal on Communications 2022, 43(7):163-171; model ``simsiam_recon``) first, and
-MGF, CSC and SLICER later. It extends fairseq's ``audio_pretraining`` (same manifests ``{data}/{split}.tsv``,
+Used by the positive-sample contrast + masked reconstruction method (Zhang, Liu, Niu, Chen, Qu; Journal on
+Communications 2022, 43(7):163-171; model ``simsiam_recon``); SLICER has its own task (``slicer_pretraining``).
+It extends fairseq's ``audio_pretraining`` (same manifests ``{data}/{split}.tsv``,
 random cropping to ``max_sample_size``, length-sorted ``batch_by_size`` batching, ``enable_padding``,
 ``num_batch_buckets``) with a seeded augmentation chain declared in the config
 (:mod:`fairseq_plugins.data.augment`), ``num_views`` views per utterance, optional time-aligned views, and
