@@ -59,6 +59,7 @@ from fairseq_plugins.data.spec_augment import (
     random_resize_crop,
 )
 from fairseq_plugins.modules.logmel import LogMelFrontend, RunningNorm
+from fairseq_plugins.modules.precision import apply_keeping
 
 logger = logging.getLogger(__name__)
 
@@ -287,14 +288,7 @@ class SlicerModel(BaseFairseqModel):
     def _apply(self, fn, recurse: bool = True):
         # fairseq's fp16/bf16 training casts the whole model (trainer: model.half()); keep the front end,
         # statistics, centroids, queue and teacher in their precision and only let them follow device moves
-        kept = {id(t) for t in self._precision_kept()}
-
-        def guarded(t):
-            if id(t) in kept:
-                return t.to(device=fn(t.new_zeros(())).device)
-            return fn(t)
-
-        return super()._apply(guarded, recurse)
+        return apply_keeping(super()._apply, fn, self._precision_kept(), recurse)
 
     def get_extra_state(self) -> Dict[str, Optional[torch.Tensor]]:
         """The mix bank travels in the state dict (``_extra_state``) so that a resumed run mixes exactly as an
