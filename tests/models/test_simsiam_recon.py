@@ -101,6 +101,7 @@ print("rank", keys[2], "same" if torch.equal(masks[0], masks[1]) else "different
 """
 
 
+@pytest.mark.slow  # two fresh processes importing fairseq: about 20 s on 2 cores
 def test_ranks_of_a_real_gloo_group_mask_differently():
     """Two processes joined by torch.distributed (gloo): the rank in the mask keys is the process's real rank,
     so the same seed, update and micro-batch give different masks on the two ranks."""
