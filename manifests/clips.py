@@ -213,8 +213,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        summary = build_clips(args.out, seed=args.seed, per_class=tuple(args.per_class),
-                              classes=tuple(c for c in args.classes.split(",") if c))
+        summary = ensure_clips(args.out, seed=args.seed, per_class=tuple(args.per_class),
+                               classes=tuple(c for c in args.classes.split(",") if c))
     except (FileExistsError, ValueError) as e:
         logger.error("%s", e)
         return 1

@@ -279,7 +279,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Writes OUT/{train,valid,test}.{tsv,kw,spk,utt}, OUT/dict.kw.txt and "
                                        "OUT/keywords.json.")
-    p.add_argument("--out", required=True, help="output directory (new, empty, or a previous keyword set)")
+    p.add_argument("--out", required=True, help="output directory (new, empty, or a previous keyword set: reused "
+                   "when built with the same arguments)")
     p.add_argument("--seed", type=int, default=0, help="random seed of voices, words and noise (default: 0)")
     p.add_argument("--num-speakers", type=int, default=24, help="synthetic speakers (default: 24)")
     p.add_argument("--repeats", type=int, default=2, help="clips per class per speaker (default: 2)")
@@ -300,8 +301,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             summary = build_speech_commands(args.speech_commands, args.out, keywords, args.test_root,
                                             seed=args.seed)
         else:
-            summary = build_keywords(args.out, seed=args.seed, num_speakers=args.num_speakers,
-                                     repeats=args.repeats, keywords=keywords)
+            summary = ensure_keywords(args.out, seed=args.seed, num_speakers=args.num_speakers,
+                                      repeats=args.repeats, keywords=keywords)
     except (FileExistsError, FileNotFoundError, ValueError) as e:
         logger.error("%s", e)
         return 1

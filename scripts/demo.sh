@@ -79,10 +79,14 @@ step "6/9 export the tuned backbone as a released-format HuBERT checkpoint + ali
   --log "$OUT/laser/train.log" --out "$OUT/laser/laser_alignment.png" 2>/dev/null
 
 step "7/9 probe the frozen checkpoints (seeds $EVAL_SEEDS) -> $OUT/eval"
+# the keyword (same words, other voices) and procedural clip probe sets, built once (seed 1: not the pre-training clips)
+"$VPY" -m manifests.keywords --out "$OUT/probe_keywords" --seed 1 > /dev/null
+"$VPY" -m manifests.clips --out "$OUT/probe_clips" --seed 1 > /dev/null
 # shellcheck disable=SC2086
 "$VPY" -m fairseq_plugins.evaluate --checkpoints hubert="$OUT/hubert/ckpt/checkpoint_last.pt" \
   laser="$OUT/laser/hubert_tiny_laser.pt" --manifest-dir "$MANIFEST" --out "$OUT/eval" \
-  --tasks "$EVAL_TASKS" --seeds $EVAL_SEEDS 2> "$OUT/eval.log" || { tail -20 "$OUT/eval.log"; exit 1; }
+  --tasks "$EVAL_TASKS" --seeds $EVAL_SEEDS --keyword-dir "$OUT/probe_keywords" --clip-dir "$OUT/probe_clips" \
+  2> "$OUT/eval.log" || { tail -20 "$OUT/eval.log"; exit 1; }
 
 step "8/9 SLICER on speech + procedural non-speech clips ($SLICER_UPDATES updates) and its probes -> $OUT/slicer"
 [ -f "$OUT/clips/train.tsv" ] || "$VPY" -m manifests.clips --out "$OUT/clips" --seed 0 > /dev/null
@@ -95,7 +99,7 @@ test "${PIPESTATUS[0]}" -eq 0 || { echo "SLICER pre-training failed: see $OUT/sl
 # shellcheck disable=SC2086
 "$VPY" -m fairseq_plugins.evaluate --checkpoints slicer="$OUT/slicer/ckpt/checkpoint_last.pt" \
   --manifest-dir "$MANIFEST" --out "$OUT/slicer_eval" --tasks speaker_id,keyword,clip --seeds $EVAL_SEEDS \
-  2> "$OUT/slicer_eval.log" || { tail -20 "$OUT/slicer_eval.log"; exit 1; }
+  --keyword-dir "$OUT/probe_keywords" --clip-dir "$OUT/probe_clips" 2> "$OUT/slicer_eval.log" || { tail -20 "$OUT/slicer_eval.log"; exit 1; }
 
 step "9/9 positive-sample contrast + masked reconstruction (simsiam_recon, $SIMSIAM_UPDATES updates) -> $OUT/simsiam_recon"
 mkdir -p "$OUT/simsiam_recon"

@@ -5,7 +5,7 @@
 #
 # Pre-training data : mini corpus (seed 0, 12 min, 24 voices) train split + procedural clips (seed 0, 48 per class)
 # Probe data        : a second mini corpus (seed 1, 12 min, 48 voices drawn with that seed, other sentences) for
-#                     speaker id, and keyword / clip sets synthesised by the evaluation with --data-seed 1 (other
+#                     speaker id, and keyword / clip sets built by manifests.keywords / manifests.clips with --seed 1 (other
 #                     voices and clip draws than the pre-training clips)
 # Variants          : slicer (the authors' chain log-mixup-exp -> resize crop -> k-mix, + cluster loss), no_cluster
 #                     (cluster + entropy weight 0), no_kmix (the same chain without k-mix), no_both; each removes
@@ -69,9 +69,11 @@ for seed in $SEEDS; do
     ckpts+=("$name${TAG}_s$seed=$OUT/runs/$name${TAG}_s$seed/ckpt/checkpoint_last.pt")
   done
 done
+"$VPY" -m manifests.keywords --out "$OUT/probe_keywords" --seed 1 --repeats 4 > /dev/null
+"$VPY" -m manifests.clips --out "$OUT/probe_clips" --seed 1 --per-class 48 12 24 > /dev/null
 # shellcheck disable=SC2086
 "$VPY" -m fairseq_plugins.evaluate --user-dir fairseq_plugins --checkpoints "${ckpts[@]}" \
   --manifest-dir "$OUT/probe_corpus/manifest" --tasks speaker_id,keyword,clip --out "$OUT/eval$TAG" \
-  --seeds $PROBE_SEEDS --data-seed 1 --keyword-repeats 4 --clips-per-class 48 12 24
+  --seeds $PROBE_SEEDS --keyword-dir "$OUT/probe_keywords" --clip-dir "$OUT/probe_clips"
 "$VPY" -m fairseq_plugins.evaluate.pool_seeds "$OUT/eval$TAG/results.jsonl" > "$OUT/eval$TAG/pooled.md"
 cat "$OUT/eval$TAG/table.md" "$OUT/eval$TAG/pooled.md"

@@ -122,18 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="layer mix of the speaker-verification embeddings: the speaker_id probe's learned "
                         "weights of the same seed (default; uniform if speaker_id is not run), uniform, or last")
     p.add_argument("--keyword-dir", default=None,
-                   help="keyword manifests {train,valid,test}.tsv + .kw (manifests.keywords, e.g. from Speech "
-                        "Commands); default: synthesise one into OUT/data/keywords")
-    p.add_argument("--keyword-speakers", type=int, default=24,
-                   help="synthetic keyword set: number of voices (default: 24)")
-    p.add_argument("--keyword-repeats", type=int, default=2,
-                   help="synthetic keyword set: clips per class per voice (default: 2)")
+                   help="keyword manifests {train,valid,test}.tsv + .kw (+ .spk for content_qbe), needed by the "
+                        "keyword and content_qbe tasks: build them with python -m manifests.keywords --out DIR "
+                        "(synthetic voices) or --speech-commands ROOT")
     p.add_argument("--clip-dir", default=None,
-                   help="clip manifests {train,valid,test}.tsv + .cls (manifests.clips); default: synthesise "
-                        "procedural classes into OUT/data/clips")
-    p.add_argument("--clips-per-class", type=int, nargs=3, default=[24, 6, 12], metavar=("TRAIN", "VALID", "TEST"),
-                   help="synthetic clip set: clips per class and split (default: 24 6 12)")
-    p.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic keyword/clip sets (default: 0)")
+                   help="clip manifests {train,valid,test}.tsv + .cls, needed by the clip task: build them with "
+                        "python -m manifests.clips --out DIR")
     p.add_argument("--random-init-seed", type=int, default=0,
                    help="seed of the random-init baseline's weights (fixed across probe seeds; default: 0)")
     p.add_argument("--no-cache", action="store_true",
@@ -156,8 +150,7 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
         manifest_dir=args.manifest_dir, out_dir=args.out, checkpoints=checkpoints, tasks=args.tasks,
         seeds=args.seeds, baselines=args.baselines, epochs=args.epochs, probes=_probe_overrides(args.probe),
         splits=_split_overrides(args.split_map), trials=args.trials, sv_weights=args.sv_weights,
-        keyword_dir=args.keyword_dir, keyword_speakers=args.keyword_speakers, keyword_repeats=args.keyword_repeats,
-        clip_dir=args.clip_dir, clips_per_class=tuple(args.clips_per_class), data_seed=args.data_seed,
+        keyword_dir=args.keyword_dir, clip_dir=args.clip_dir,
         random_init_seed=args.random_init_seed, user_dir=args.user_dir, cache=not args.no_cache,
         cache_dtype=args.cache_dtype, num_threads=args.num_threads,
         device=args.device)

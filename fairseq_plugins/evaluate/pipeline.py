@@ -98,12 +98,8 @@ class EvalConfig:
     splits: Dict[str, Tuple[str, str, str]] = field(default_factory=lambda: dict(DEFAULT_SPLITS))
     trials: Optional[str] = None  # default: MANIFEST/{test split}.trials
     sv_weights: str = "speaker_id"
-    keyword_dir: Optional[str] = None
-    keyword_speakers: int = 24
-    keyword_repeats: int = 2
-    clip_dir: Optional[str] = None
-    clips_per_class: Tuple[int, int, int] = (24, 6, 12)
-    data_seed: int = 0
+    keyword_dir: Optional[str] = None  # keyword / content_qbe manifests (train,valid,test .tsv + .kw [+ .spk])
+    clip_dir: Optional[str] = None  # clip manifests (train,valid,test .tsv + .cls)
     random_init_seed: int = 0
     user_dir: Optional[str] = None
     cache: bool = True
@@ -142,6 +138,24 @@ class TaskData:
 
 def _whole(split: Split, targets: List) -> Part:
     return Part(split, list(range(len(split))), targets)
+
+
+KEYWORD_HINT = ("build the synthetic keyword set with `python -m manifests.keywords --out DIR` (or Speech Commands "
+                "manifests with `--speech-commands ROOT`)")
+CLIP_HINT = "build the procedural clip set with `python -m manifests.clips --out DIR`"
+
+
+def _data_dir(task: str, directory: Optional[str], flag: str, hint: str) -> str:
+    """The data directory of a task that does not read the main manifest, or a clear error.
+
+    The evaluation never synthesises data itself (the synthesisers live in the repository's ``manifests``
+    scripts, which the plugin does not import): the user builds the set once and passes its folder.
+    """
+    if directory is None:
+        raise ValueError(f"{task}: no {flag} given; {hint} and pass {flag} DIR")
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"{task}: {flag} {directory} is not a directory; {hint}")
+    return directory
 
 
 def _classification(name: str, directory: str, names: Sequence[str], suffix: str) -> TaskData:
@@ -213,34 +227,17 @@ def load_task(task: str, cfg: EvalConfig) -> TaskData:
         return TaskData(task, _whole(train, [None] * len(train)), None,
                         _whole(test, [None] * len(test)), 0, {"trials": trials, "trials_path": trials_path})
     if task == "content_qbe":  # the keyword set: the same words said by different voices
-        directory = cfg.keyword_dir
-        if directory is None:
-            from manifests.keywords import ensure_keywords
-
-            directory = os.path.join(cfg.out_dir, "data", "keywords")
-            ensure_keywords(directory, seed=cfg.data_seed, num_speakers=cfg.keyword_speakers,
-                            repeats=cfg.keyword_repeats)
+        directory = _data_dir(task, cfg.keyword_dir, "--keyword-dir", KEYWORD_HINT)
         parts = []
         for name in (va, te):
             sp = Split(directory, name)
             parts.append(_whole(sp, list(zip(sp.side("kw"), sp.side("spk")))))
         return TaskData(task, parts[0], parts[0], parts[1], 0, {})
     if task == "keyword":
-        directory = cfg.keyword_dir
-        if directory is None:
-            from manifests.keywords import ensure_keywords
-
-            directory = os.path.join(cfg.out_dir, "data", "keywords")
-            ensure_keywords(directory, seed=cfg.data_seed, num_speakers=cfg.keyword_speakers,
-                            repeats=cfg.keyword_repeats)
+        directory = _data_dir(task, cfg.keyword_dir, "--keyword-dir", KEYWORD_HINT)
         return _classification(task, directory, (tr, va, te), "kw")
     if task == "clip":
-        directory = cfg.clip_dir
-        if directory is None:
-            from manifests.clips import ensure_clips
-
-            directory = os.path.join(cfg.out_dir, "data", "clips")
-            ensure_clips(directory, seed=cfg.data_seed, per_class=tuple(cfg.clips_per_class))
+        directory = _data_dir(task, cfg.clip_dir, "--clip-dir", CLIP_HINT)
         return _classification(task, directory, (tr, va, te), "cls")
     raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
 

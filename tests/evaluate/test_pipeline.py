@@ -79,11 +79,16 @@ def test_upstream_returns_every_layer_of_a_fairseq_hubert(tiny_hubert):
 
 @pytest.mark.slow
 def test_cli_on_tiny_hubert_writes_the_side_by_side_table(tiny_hubert, tmp_path):
+    from manifests.clips import build_clips
+    from manifests.keywords import build_keywords
+
     out = tmp_path / "eval"
+    build_keywords(str(tmp_path / "keywords"), seed=0, num_speakers=14, repeats=1)
+    build_clips(str(tmp_path / "clips"), seed=0, per_class=(3, 1, 2))
     cmd = [sys.executable, "-m", "fairseq_plugins.evaluate", "--checkpoints", f"tiny={tiny_hubert['ckpt']}",
            "--manifest-dir", tiny_hubert["manifest"], "--tasks", ",".join(TASKS), "--out", str(out),
-           "--seeds", "0", "--epochs", "2", "--keyword-speakers", "14", "--keyword-repeats", "1",
-           "--clips-per-class", "3", "1", "2"]
+           "--seeds", "0", "--epochs", "2", "--keyword-dir", str(tmp_path / "keywords"),
+           "--clip-dir", str(tmp_path / "clips")]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
                           env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -178,3 +183,22 @@ def test_wavlm_release_file_is_an_upstream(tmp_path, pre_ln, tiny):
         (x, layers), _ = up.model.extract_features(src[None], ret_layer_results=True)
     torch.testing.assert_close(h[-1], x[0], atol=1e-4, rtol=1e-4)  # the output, final LayerNorm included
     torch.testing.assert_close(h[1], layers[1][0], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("task,flag,script", [("keyword", "--keyword-dir", "manifests.keywords"),
+                                              ("content_qbe", "--keyword-dir", "manifests.keywords"),
+                                              ("clip", "--clip-dir", "manifests.clips")])
+def test_tasks_with_their_own_data_need_its_folder(tmp_path, task, flag, script):
+    """The plugin never synthesises probe data (it does not import the repository's ``manifests`` scripts):
+    a missing folder stops with the flag and the command that builds it; a wrong one names the path."""
+    from fairseq_plugins.evaluate.pipeline import EvalConfig, load_task
+
+    cfg = EvalConfig(manifest_dir=str(tmp_path), out_dir=str(tmp_path / "eval"), tasks=[task])
+    with pytest.raises(ValueError, match=f"{task}: no {flag} given; .*python -m {script} --out DIR"):
+        load_task(task, cfg)
+    missing = tmp_path / "nowhere"
+    cfg = EvalConfig(manifest_dir=str(tmp_path), out_dir=str(tmp_path / "eval"), tasks=[task],
+                     keyword_dir=str(missing), clip_dir=str(missing))
+    with pytest.raises(FileNotFoundError, match=f"{flag} {missing} is not a directory"):
+        load_task(task, cfg)
+    assert not (tmp_path / "eval").exists()

@@ -74,7 +74,4 @@ def test_no_plugin_module_imports_the_scripts_package():
                     [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
                 if any(n == "manifests" or n.startswith("manifests.") for n in names):
                     offenders.append(f"{os.path.relpath(path, REPO)}:{node.lineno}")
-    # the evaluation's synthetic keyword / clip sets are made by the repository's corpus scripts (espeak-ng),
-    # imported only when --keyword-dir / --clip-dir are not given: not needed to train any method
-    allowed = {"fairseq_plugins/evaluate/pipeline.py"}
-    assert [o for o in offenders if o.split(":")[0] not in allowed] == []
+    assert offenders == []
