@@ -17,6 +17,9 @@ takes ``p`` (probability of applying it, default 1). Example::
 
     noise(snr=5:20,p=0.8)  reverb(rt60=0.2:0.8,p=0.3)  pitch(semitones=-2:2,p=0.5)  speed(factor=0.9|1.0|1.1)
 
+``interferer(kind=speech+noise+both,sir=-5:5,snr=-5:20,cover=0.5:1)`` mixes in another speaker of the
+training manifest (speaker side file ``{split}.spk``) and/or noise (CSC's mixtures, :class:`Interferer`).
+
 ``python -m fairseq_plugins.data.augment --bench`` measures each augmentation's cost per second of audio.
 Nothing here imports fairseq, so the module is safe in data-loader workers.
 """
@@ -107,6 +110,7 @@ class Augmentation:
     defaults: ClassVar[Dict[str, str]] = {}
     text_params: ClassVar[Tuple[str, ...]] = ()
     context: ClassVar[Tuple[str, ...]] = ()
+    needs_speaker: ClassVar[bool] = False  # True: called as aug(wav, rng, speaker=<the target's speaker id>)
 
     def __init__(self, sample_rate: int = 16000, **params):
         unknown = sorted(set(params) - set(self.defaults))
@@ -162,7 +166,10 @@ class _Manifest:
 
     def random_segment(self, n: int, rng: np.random.Generator) -> np.ndarray:
         """``n`` samples from a random file at a random offset (looped when the file is shorter)."""
-        i = int(rng.integers(len(self.files)))
+        return self.segment(int(rng.integers(len(self.files))), n, rng)
+
+    def segment(self, i: int, n: int, rng: np.random.Generator) -> np.ndarray:
+        """``n`` samples of file ``i`` at a random offset (looped when the file is shorter)."""
         size = self.sizes[i]
         if size >= n:
             start = int(rng.integers(0, size - n + 1))
@@ -379,9 +386,134 @@ class RandomCrop(Augmentation):
         return wav[start:start + keep].copy()
 
 
+INTERFERER_KINDS = ("speech", "noise", "both")
+
+
+class Interferer(Augmentation):
+    """Mix an interferer into the target (CSC's on-the-fly mixtures; Wang et al., ICASSP 2021): ``kind`` is
+    ``speech`` (a segment of a file of ANOTHER speaker of ``speech_manifest``, at an SIR in dB drawn from
+    ``sir``), ``noise`` (noise as :class:`AdditiveNoise` makes it, at an SNR drawn from ``snr``) or ``both``;
+    ``kind=speech+noise+both`` draws one per call. Each interferer covers a random span of ``cover`` (a
+    fraction in (0, 1]) of the target at a random offset; its SIR/SNR is measured against the target over that
+    span (the whole target when the span is silent; a silent target stays unchanged). With ``both`` the
+    noise's SNR is measured against the target alone, not the target plus interfering speech.
+
+    The interfering speaker is read from the speaker side file next to ``speech_manifest`` (``train.tsv`` ->
+    ``train.spk``, one speaker per manifest line); a manifest without one is refused. The target's speaker is
+    given per call (``speaker=``, :class:`AugmentationChain` passes it; the ``multiview_audio_pretraining``
+    dataset takes it from ``{split}.spk``). Keeps alignment. :meth:`mix` also returns the components."""
+
+    name = "interferer"
+    needs_speaker: ClassVar[bool] = True
+    defaults = {"kind": "speech+noise+both", "sir": "-5:5", "snr": "-5:20", "cover": "0.5:1",
+                "kinds": AdditiveNoise.defaults["kinds"]}
+    text_params = ("kind", "kinds")
+    context = ("speech_manifest", "noise_manifest")
+
+    def __init__(self, sample_rate: int = 16000, speech_manifest: Optional[str] = None,
+                 noise_manifest: Optional[str] = None, **params):
+        super().__init__(sample_rate, **params)
+        self.kinds = [k for k in self.text["kind"].split("+") if k]
+        bad = [k for k in self.kinds if k not in INTERFERER_KINDS]
+        if bad or not self.kinds:
+            raise ValueError(f"interferer: unknown kind {bad or self.kinds}; choose from "
+                             f"{'+'.join(INTERFERER_KINDS)}")
+        lo, hi = self.params["cover"].bounds
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"interferer: cover={self.params['cover']!r} must lie in (0, 1]")
+        self.noise_source = AdditiveNoise(sample_rate, noise_manifest=noise_manifest, snr="0",
+                                          kinds=self.text["kinds"])
+        self.manifest: Optional[_Manifest] = None
+        self.speakers: List[str] = []
+        self.by_speaker: Dict[str, np.ndarray] = {}
+        if speech_manifest and any(k != "noise" for k in self.kinds):
+            self.load_speakers(speech_manifest)
+
+    def load_speakers(self, speech_manifest: str) -> None:
+        spk_path = os.path.splitext(speech_manifest)[0] + ".spk"
+        if not os.path.isfile(spk_path):
+            raise FileNotFoundError(
+                f"interferer: speaker file {spk_path} is missing: the interfering speech must come from another "
+                f"speaker of {speech_manifest}, so it needs a line-parallel speaker file (one speaker id per "
+                f"manifest line)")
+        self.manifest = _Manifest(speech_manifest, self.sample_rate)
+        with open(spk_path) as f:
+            speakers = f.read().split("\n")
+        if speakers and speakers[-1] == "":
+            speakers.pop()
+        if len(speakers) != len(self.manifest.files):
+            raise ValueError(f"{spk_path}: {len(speakers)} lines, but {speech_manifest} lists "
+                             f"{len(self.manifest.files)} files (one speaker per manifest line expected)")
+        empty = [i + 1 for i, s in enumerate(speakers) if not s.strip()]
+        if empty:
+            raise ValueError(f"{spk_path}: line {empty[0]} is empty; expected a speaker id")
+        self.speakers = [s.strip() for s in speakers]
+        self.by_speaker = {}
+        for i, s in enumerate(self.speakers):
+            self.by_speaker.setdefault(s, []).append(i)
+        self.by_speaker = {s: np.asarray(v) for s, v in self.by_speaker.items()}
+        if len(self.by_speaker) < 2:
+            raise ValueError(f"{spk_path}: every line is speaker {self.speakers[0]!r}; interfering speech "
+                             f"needs at least two speakers")
+
+    def _place(self, target: np.ndarray, source: np.ndarray, start: int, ratio_db: float) -> np.ndarray:
+        """``source`` (span length) scaled to ``ratio_db`` below the target over the span, placed at ``start``
+        in a zero signal as long as ``target`` (float64)."""
+        out = np.zeros(len(target))
+        m = len(source)
+        ref = _rms(target[start:start + m]) or _rms(target)
+        src = _rms(source)
+        if ref <= 0 or src <= 0:
+            if src <= 0:
+                logger.warning("interferer: a silent interferer segment was drawn; this mixture has none")
+            return out
+        out[start:start + m] = source.astype(np.float64) * ref / (src * 10 ** (ratio_db / 20))
+        return out
+
+    def _span(self, n: int, rng: np.random.Generator) -> Tuple[int, int]:
+        m = min(n, max(1, int(round(self.params["cover"].sample(rng) * n))))
+        return int(rng.integers(0, n - m + 1)), m
+
+    def mix(self, wav: np.ndarray, rng: np.random.Generator, speaker: Optional[str] = None):
+        """``(mixture float32, info)``; ``info`` holds ``kind``, the placed ``speech`` and ``noise`` components
+        (float64, zeros when absent; ``mixture = wav + speech + noise``), ``sir``/``snr`` (dB, None when
+        absent), their spans ``(start, length)`` and the interfering ``interferer_speaker`` / ``_file``."""
+        n = len(wav)
+        kind = self.kinds[int(rng.integers(len(self.kinds)))]
+        info = {"kind": kind, "speech": np.zeros(n), "noise": np.zeros(n), "sir": None, "snr": None,
+                "speech_span": None, "noise_span": None, "interferer_speaker": None, "interferer_file": None}
+        if n == 0:
+            return wav.astype(np.float32), info
+        if kind in ("speech", "both"):
+            if self.manifest is None:
+                raise ValueError("interferer: interfering speech needs the speech manifest (context "
+                                 "speech_manifest; the multiview_audio_pretraining task passes {data}/{split}.tsv)")
+            if speaker is None:
+                raise ValueError("interferer: the target's speaker was not given (speaker=...), so another "
+                                 "speaker cannot be chosen")
+            others = [s for s in self.by_speaker if s != str(speaker)]
+            other = others[int(rng.integers(len(others)))]
+            i = int(self.by_speaker[other][int(rng.integers(len(self.by_speaker[other])))])
+            start, m = self._span(n, rng)
+            sir = self.params["sir"].sample(rng)
+            info["speech"] = self._place(wav, self.manifest.segment(i, m, rng), start, sir)
+            info.update(sir=sir, speech_span=(start, m), interferer_speaker=other,
+                        interferer_file=self.manifest.files[i])
+        if kind in ("noise", "both"):
+            start, m = self._span(n, rng)
+            snr = self.params["snr"].sample(rng)
+            info["noise"] = self._place(wav, self.noise_source.noise(m, rng), start, snr)
+            info.update(snr=snr, noise_span=(start, m))
+        mixture = wav.astype(np.float64) + info["speech"] + info["noise"]
+        return mixture.astype(np.float32), info
+
+    def __call__(self, wav, rng, speaker: Optional[str] = None):
+        return self.mix(wav, rng, speaker)[0]
+
+
 AUGMENTATIONS: Dict[str, Type[Augmentation]] = {
     cls.name: cls
-    for cls in (AdditiveNoise, Reverb, PitchShift, Speed, BandReject, TimeDrop, Gain, RandomCrop)
+    for cls in (AdditiveNoise, Reverb, PitchShift, Speed, BandReject, TimeDrop, Gain, RandomCrop, Interferer)
 }
 
 _SPEC = re.compile(r"^\s*([A-Za-z_]\w*)\s*(?:\((.*)\))?\s*$", re.S)
@@ -444,8 +576,9 @@ class AugmentationChain:
 
     @classmethod
     def from_specs(cls, specs: Sequence[str], sample_rate: int = 16000, **context) -> "AugmentationChain":
-        """Build from spec strings (see the module docstring). ``context`` holds ``noise_manifest`` and
-        ``rir_manifest`` (absolute paths or None), passed to the augmentations that take them."""
+        """Build from spec strings (see the module docstring). ``context`` holds ``noise_manifest``,
+        ``rir_manifest`` and ``speech_manifest`` (absolute paths or None), passed to the augmentations that
+        take them."""
         steps = []
         for spec in split_specs(list(specs or [])):
             name, params = parse_spec(spec)
@@ -473,8 +606,15 @@ class AugmentationChain:
     def specs(self) -> List[str]:
         return [f"{aug.spec()[:-1]},p={p:g})" for aug, p in self.steps]
 
-    def apply(self, wav: np.ndarray, rng: np.random.Generator) -> Tuple[np.ndarray, List[str]]:
-        """Returns the augmented waveform (float32) and the names of the steps that ran."""
+    @property
+    def needs_speaker(self) -> bool:
+        """Whether a step (e.g. ``interferer``) needs the target's speaker id in :meth:`apply`."""
+        return any(aug.needs_speaker for aug, _ in self.steps)
+
+    def apply(self, wav: np.ndarray, rng: np.random.Generator,
+              speaker: Optional[str] = None) -> Tuple[np.ndarray, List[str]]:
+        """Returns the augmented waveform (float32) and the names of the steps that ran. ``speaker``: the
+        target's speaker id, passed to the steps that need it (:attr:`needs_speaker`)."""
         y = np.asarray(wav, dtype=np.float32)
         applied = []
         for aug, p in self.steps:
@@ -483,7 +623,7 @@ class AugmentationChain:
             if not run:
                 continue
             n = len(y)
-            y = aug(y, child)
+            y = aug(y, child, speaker=speaker) if aug.needs_speaker else aug(y, child)
             if aug.keeps_alignment and len(y) != n:
                 raise RuntimeError(
                     f"{aug.name} claims to keep alignment but changed the length {n} -> {len(y)}")

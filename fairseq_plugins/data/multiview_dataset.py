@@ -58,6 +58,10 @@ class MultiviewAudioDataset(ManifestAudioDataset, FileAudioDataset):
         unaugmented_views: view indices that are not augmented (e.g. ``[0]`` for clean/augmented pairs).
         side_labels: ``{ext: lines}``, one line per manifest entry (skipped entries included).
         clean_target: also return the un-augmented crop as ``net_input.target_source`` (aligned only).
+        view_augment: chains applied after ``augment``, one per view (view ``v`` gets entry ``v % len``):
+            per-view conditions such as CSC's ``interferer(kind=speech)``, ``(kind=noise)``, ``(kind=both)``.
+            A chain that needs the target's speaker (:attr:`AugmentationChain.needs_speaker`) gets it from
+            the ``spk`` side labels (ValueError when they are not loaded).
         seed: base seed of all random choices.
         fixed_epoch: if set, views do not change with the epoch (validation sets).
         max_sample_size / min_sample_size / pad / normalize / num_buckets / shuffle /
@@ -87,6 +91,7 @@ class MultiviewAudioDataset(ManifestAudioDataset, FileAudioDataset):
         shuffle: bool = True,
         text_compression_level: TextCompressionLevel = TextCompressionLevel.none,
         downmix: bool = False,
+        view_augment: Optional[Sequence[AugmentationChain]] = None,
     ):
         super().__init__(
             manifest_path=manifest_path, sample_rate=sample_rate, max_sample_size=max_sample_size,
@@ -108,6 +113,12 @@ class MultiviewAudioDataset(ManifestAudioDataset, FileAudioDataset):
                              "every view)")
         self.num_views = int(num_views)
         self.augment = augment if augment is not None and len(augment) else None
+        self.view_augment = [c if c is not None and len(c) else None for c in (view_augment or [])]
+        if aligned_views:
+            bad = sorted({n for c in self.view_augment if c is not None for n in c.non_aligned})
+            if bad:
+                raise ValueError(f"aligned_views=true needs alignment-keeping augmentations, but the per-view "
+                                 f"augmentations {bad} change timing or length")
         self.aligned_views = bool(aligned_views)
         self.unaugmented_views = {int(v) for v in unaugmented_views}
         self.clean_target = bool(clean_target)
@@ -122,6 +133,11 @@ class MultiviewAudioDataset(ManifestAudioDataset, FileAudioDataset):
                 raise ValueError(f"side labels {ext!r}: {len(lines)} lines, but {manifest_path} lists "
                                  f"{num_lines} files")
             self.side_labels[ext] = [s for i, s in enumerate(lines) if i not in self.skipped_indices]
+        chains = [c for c in [self.augment, *self.view_augment] if c is not None]
+        if any(c.needs_speaker for c in chains) and "spk" not in self.side_labels:
+            raise ValueError(f"an augmentation needs the target's speaker (interferer), but no 'spk' side labels "
+                             f"were loaded for {manifest_path} (task.side_labels must include 'spk' and the "
+                             f"speaker file must exist)")
 
     # ------------------------------------------------------------------ epochs and sizes
     @property
@@ -166,8 +182,14 @@ class MultiviewAudioDataset(ManifestAudioDataset, FileAudioDataset):
             rng = seeded_rng(self.seed, epoch, index, v)
             x = shared if self.aligned_views else self._crop(wav, rng)
             names: List[str] = []
-            if self.augment is not None and v not in self.unaugmented_views:
-                x, names = self.augment.apply(x, rng)
+            if v not in self.unaugmented_views:
+                speaker = self.side_labels["spk"][index] if "spk" in self.side_labels else None
+                chains = [self.augment, self.view_augment[v % len(self.view_augment)] if self.view_augment
+                          else None]
+                for chain in chains:
+                    if chain is not None:
+                        x, more = chain.apply(x, rng, speaker=speaker)
+                        names = names + more
             views.append(self._finish(x))
             applied.append(names)
         item = {"id": index, "views": views, "augmentations": applied}

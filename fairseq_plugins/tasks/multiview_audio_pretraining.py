@@ -15,7 +15,7 @@ Registers the task ``multiview_audio_pretraining`` with config :class:`Multiview
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 from fairseq.data import SubsampleDataset
 from fairseq.data.text_compressor import TextCompressionLevel
@@ -49,6 +49,13 @@ class MultiviewAudioPretrainingConfig(AudioPretrainingConfig, PluginTaskConfig):
         metadata={"help": "augmentation specs applied in order to every view, e.g. "
                           "['noise(snr=5:20,p=0.8)', 'pitch(semitones=-2:2)']; names: noise, reverb, pitch, "
                           "speed, bandreject, timedrop, gain, crop (see fairseq_plugins/data/augment.py)"},
+    )
+    view_augmentations: List[str] = field(
+        default_factory=list,
+        metadata={"help": "per-view conditions applied after 'augmentations': view v gets entry v % len, e.g. "
+                          "CSC's ['interferer(kind=speech)', 'interferer(kind=noise)', 'interferer(kind=both)'] "
+                          "(interfering speech from another speaker of {data}/{split}.tsv, whose {split}.spk is "
+                          "then required and passed as side label 'spk'); empty: none"},
     )
     aligned_views: bool = field(
         default=False,
@@ -101,26 +108,33 @@ class MultiviewAudioPretrainingTask(PluginTaskMixin, AudioPretrainingTask):
         if bad:
             raise ValueError(f"{TASK_NAME} does not support {', '.join(bad)} (use side_labels for "
                              f"per-utterance labels)")
-        chain = AugmentationChain.from_specs(cfg.augmentations, cfg.sample_rate)  # validates the specs
-        if cfg.aligned_views and not chain.keeps_alignment:
-            raise ValueError(
-                f"task.aligned_views=true needs alignment-keeping augmentations, but {chain.non_aligned} "
-                f"change timing or length: remove them from task.augmentations or set "
-                f"task.aligned_views=false")
+        for name in ("augmentations", "view_augmentations"):
+            chain = AugmentationChain.from_specs(getattr(cfg, name), cfg.sample_rate)  # validates the specs
+            if cfg.aligned_views and not chain.keeps_alignment:
+                raise ValueError(
+                    f"task.aligned_views=true needs alignment-keeping augmentations, but {chain.non_aligned} "
+                    f"change timing or length: remove them from task.{name} or set task.aligned_views=false")
         cls.check_setup(cfg, [("task.data", cfg.data)],
                         [("task.noise_manifest", cfg.noise_manifest), ("task.rir_manifest", cfg.rir_manifest)],
                         **kwargs)
         return cls(cfg)
 
-    def build_augmentation(self) -> AugmentationChain:
-        """The configured chain, with the noise/RIR manifests loaded."""
+    def build_augmentation(self, speech_manifest: Optional[str] = None) -> AugmentationChain:
+        """The configured chain, with the noise/RIR manifests loaded (and ``speech_manifest``, the split's
+        manifest, for ``interferer``)."""
         return AugmentationChain.from_specs(
-            self.cfg.augmentations, self.cfg.sample_rate,
-            noise_manifest=self.cfg.noise_manifest, rir_manifest=self.cfg.rir_manifest)
+            self.cfg.augmentations, self.cfg.sample_rate, noise_manifest=self.cfg.noise_manifest,
+            rir_manifest=self.cfg.rir_manifest, speech_manifest=speech_manifest)
 
-    def load_side_labels(self, split: str) -> dict:
+    def build_view_augmentations(self, speech_manifest: str) -> List[AugmentationChain]:
+        """One chain per entry of ``view_augmentations`` (per-view conditions)."""
+        return [AugmentationChain.from_specs([spec], self.cfg.sample_rate, noise_manifest=self.cfg.noise_manifest,
+                                             rir_manifest=self.cfg.rir_manifest, speech_manifest=speech_manifest)
+                for spec in self.cfg.view_augmentations]
+
+    def load_side_labels(self, split: str, extra: Sequence[str] = ()) -> dict:
         out = {}
-        for ext in self.cfg.side_labels:
+        for ext in list(self.cfg.side_labels) + [e for e in extra if e not in self.cfg.side_labels]:
             path = os.path.join(self.cfg.data, f"{split}.{ext}")
             if not os.path.isfile(path):
                 raise FileNotFoundError(
@@ -134,15 +148,19 @@ class MultiviewAudioPretrainingTask(PluginTaskMixin, AudioPretrainingTask):
     def load_dataset(self, split: str, task_cfg=None, **kwargs):
         cfg = self.cfg
         train = self.is_train_split(split)
-        augment = self.build_augmentation() if (train or cfg.augment_valid) else None
+        manifest = os.path.join(cfg.data, f"{split}.tsv")
+        augment = self.build_augmentation(manifest) if (train or cfg.augment_valid) else None
+        view_augment = self.build_view_augmentations(manifest) if (train or cfg.augment_valid) else []
+        needs_speaker = any(c.needs_speaker for c in [augment, *view_augment] if c is not None)
         dataset = MultiviewAudioDataset(
-            manifest_path=os.path.join(cfg.data, f"{split}.tsv"),
+            manifest_path=manifest,
             sample_rate=cfg.sample_rate,
             num_views=cfg.num_views,
             augment=augment,
             aligned_views=cfg.aligned_views,
             unaugmented_views=list(cfg.unaugmented_views),
-            side_labels=self.load_side_labels(split),
+            side_labels=self.load_side_labels(split, extra=["spk"] if needs_speaker else []),
+            view_augment=view_augment,
             clean_target=cfg.clean_target,
             seed=cfg.seed,
             fixed_epoch=None if train else 1,
