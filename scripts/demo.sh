@@ -3,7 +3,7 @@
 #   1. build the mini corpus (espeak-ng TTS, phone-aligned labels, speakers, noise) and its manifests
 #   2. make first-iteration HuBERT targets (MFCC k-means), as fairseq's HuBERT recipe does
 #   3. pre-train a tiny HuBERT with fairseq's stock hubert_pretraining task through fairseq-hydra-train
-#   4. load the checkpoint back (import_user_module + load_model_ensemble_and_task) and describe it
+#   4. load the checkpoint back (the shared backbone loader of LASER and the probes) and describe it
 #   5. LASER-fine-tune that HuBERT (soft-DTW + IDM, top-2 layers) on speed/pitch-perturbed pairs
 #   6. export it in the released-HuBERT format; draw one pair's soft alignment with the loss curves
 #   7. probe both checkpoints and the log-mel / random-init floors (python -m fairseq_plugins.evaluate)
@@ -50,7 +50,7 @@ mkdir -p "$OUT/hubert"
   2>&1 | tee "$OUT/hubert/train.log" | grep -E "train_inner|valid on|done training|Error|error" || true
 test "${PIPESTATUS[0]}" -eq 0 || { echo "HuBERT pre-training failed: see $OUT/hubert/train.log"; exit 1; }
 
-step "4/9 load it back with import_user_module + load_model_ensemble_and_task"
+step "4/9 load it back the way LASER and the probes do (fairseq_plugins.inspect_checkpoint) and describe it"
 WAV=$(awk -F'\t' 'NR==2 {print $1}' "$MANIFEST/valid.tsv")
 "$VPY" -m fairseq_plugins.inspect_checkpoint "$OUT/hubert/ckpt/checkpoint_last.pt" \
   --wav "$(head -1 "$MANIFEST/valid.tsv")/$WAV" 2>/dev/null
