@@ -1,6 +1,7 @@
 """Registered components; each submodule registers itself on import."""
 from fairseq_plugins.criterions import (  # noqa: F401
     masked_reconstruction,
+    mgf,
     simsiam,
     simsiam_recon,
     slicer,

@@ -2,6 +2,7 @@
 from fairseq_plugins.models import (
     hubert_ctc_compat,  # noqa: F401
     laser_finetune,  # noqa: F401
+    mgf,  # noqa: F401
     simsiam_recon,  # noqa: F401
     slicer,  # noqa: F401
     wavlm,  # noqa: F401

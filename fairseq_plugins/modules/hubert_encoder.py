@@ -137,12 +137,9 @@ class SeededHubertEncoder(HubertModel):
         update, and the same after a resume. ``B x T x C -> (B x T x C, B x T bool or None)``; modifies ``x``."""
         B, T, C = x.shape
         keys = self.mask_keys.next(self.training, self.num_updates)
-        mask_indices = None
-        if self.mask_prob > 0:
-            mask_indices = seeded_span_mask(
-                (B, T), padding_mask, self.mask_prob, self.mask_length, keys + (TIME,), self.mask_selection,
-                self.mask_other, min_masks=2, no_overlap=self.no_mask_overlap, min_space=self.mask_min_space,
-            ).to(x.device)
+        mask_indices = self.time_mask((B, T), padding_mask, keys)
+        if mask_indices is not None:
+            mask_indices = mask_indices.to(x.device)
             x[mask_indices] = self.mask_emb.to(x.dtype)
         if self.mask_channel_prob > 0:
             channels = seeded_span_mask(
@@ -152,6 +149,17 @@ class SeededHubertEncoder(HubertModel):
             ).to(x.device)
             x[channels.unsqueeze(1).expand(-1, T, -1)] = 0
         return x, mask_indices
+
+    def time_mask(self, shape: Tuple[int, int], padding_mask: Optional[torch.Tensor],
+                  keys: Tuple[int, ...]) -> Optional[torch.Tensor]:
+        """The ``B x T`` bool time mask of one masked forward (None when ``mask_prob`` is 0): HuBERT's spans
+        (``mask_prob``, ``mask_length``) drawn with ``keys + (TIME,)``. Subclasses may add more span kinds."""
+        if self.mask_prob <= 0:
+            return None
+        return seeded_span_mask(
+            shape, padding_mask, self.mask_prob, self.mask_length, keys + (TIME,), self.mask_selection,
+            self.mask_other, min_masks=2, no_overlap=self.no_mask_overlap, min_space=self.mask_min_space,
+        )
 
     def run_transformer(self, features: torch.Tensor, padding_mask: Optional[torch.Tensor], mask: bool,
                         output_layer: Optional[int] = None) -> Dict:

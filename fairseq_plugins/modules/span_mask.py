@@ -9,8 +9,8 @@ micro-batch counts the masked forwards of one update (``update_freq`` > 1, fairs
 included); in evaluation ``(seed, EVAL, rank, k)`` with ``k`` counting the evaluation forwards since the last
 training forward, so every validation pass masks its batches the same way and validation losses stay comparable
 across updates. A run resumed from ``checkpoint_last`` therefore masks exactly as an uninterrupted one, and ranks
-mask differently. Used by the ``simsiam_recon`` model; any model with HuBERT-style span masking can hold a
-:class:`SpanMaskKeys` and call :func:`seeded_span_mask`.
+mask differently. Used by the ``simsiam_recon`` and ``mgf`` models; any model with HuBERT-style span masking can
+hold a :class:`SpanMaskKeys` and call :func:`seeded_span_mask`.
 """
 from typing import Optional, Tuple
 
@@ -22,6 +22,7 @@ from fairseq_plugins.data.augment import seeded_rng
 
 EVAL_STREAM = 2 ** 62  # the "update" key of evaluation draws (larger than any real update number)
 TIME, CHANNEL = 0, 1  # streams: time spans, channel spans (HuBERT's fine-tuning channel masking)
+FINE_TIME = 2  # stream of a second, short-span time mask (MGF's frame scale)
 
 
 def data_parallel_rank() -> int:
