@@ -37,6 +37,7 @@ GROUPS = ("task", "model", "criterion", "optimizer", "lr_scheduler")
 # tiny sizes for the pre-training models, on top of conftest's shared TINY_ENCODER / TINY_SIMSIAM_RECON
 TINY_SLICER = dict(conv_channels=8, embed_dim=32, instance_dim=16, num_clusters=8, cluster_hidden=32, queue_size=64,
                    mix_bank_size=16)
+TINY_MGF = dict(frame_layer=1, utt_proj_hidden_dim=64)  # frame_layer within the tiny encoder's 2 layers
 
 
 def _dataclass_registry(group):
@@ -190,7 +191,7 @@ def test_example_builds_its_task_model_and_criterion(path, mini_corpus, tiny_hub
             if key in cfg.model:
                 cfg.model[key] = tiny_hubert["ckpt"]
         if not any(key in cfg.model for key in ("checkpoint", "w2v_path")):  # pre-training: tiny sizes
-            for key, value in {**tiny.encoder, **tiny.simsiam_recon, **TINY_SLICER}.items():
+            for key, value in {**tiny.encoder, **tiny.simsiam_recon, **TINY_SLICER, **TINY_MGF}.items():
                 if key in cfg.model:
                     cfg.model[key] = value
     task = tasks.setup_task(cfg.task)
