@@ -32,6 +32,8 @@ EXPECTED = [
     ("model", "slicer", "fairseq_plugins.models.slicer", "SlicerModel"),
     ("task", "slicer_pretraining", "fairseq_plugins.tasks.slicer_pretraining", "SlicerPretrainingTask"),
     ("criterion", "slicer", "fairseq_plugins.criterions.slicer", "SlicerCriterion"),
+    ("model", "csc", "fairseq_plugins.models.csc", "CscModel"),
+    ("criterion", "csc", "fairseq_plugins.criterions.csc", "CscCriterion"),
 ]
 REGISTRIES = {"model": MODEL_REGISTRY, "task": TASK_REGISTRY, "criterion": CRITERION_REGISTRY}
 
