@@ -28,7 +28,7 @@ from omegaconf import MISSING, OmegaConf
 from torch import nn
 
 from fairseq_plugins.compat import register
-from fairseq_plugins.modules.backbones import Backbone, build_backbone_from_spec, load_backbone
+from fairseq_plugins.modules.backbones import Backbone, build_backbone_from_spec, encoder_features, load_backbone
 
 logger = logging.getLogger(__name__)
 
@@ -179,9 +179,7 @@ class LaserFinetuneModel(BaseFairseqModel):
             from fairseq_plugins.data.audio import normalize_waveform
 
             source = normalize_waveform(source, padding_mask)
-        layer = self.cfg.output_layer or None
-        x, pad = backbone.extract_features(source, padding_mask=padding_mask, mask=False, output_layer=layer)
-        return x, pad
+        return encoder_features(backbone, source, padding_mask, self.cfg.output_layer or None)
 
     def forward(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None,
                 reference: bool = False) -> Dict[str, torch.Tensor]:
@@ -205,8 +203,7 @@ class LaserFinetuneModel(BaseFairseqModel):
 
     def extract_features(self, source, padding_mask=None, mask=False, output_layer=None, **kwargs):
         """The backbone's features (B x T x C, padding_mask), for downstream probes."""
-        return self.backbone.extract_features(source, padding_mask=padding_mask, mask=False,
-                                              output_layer=output_layer)
+        return encoder_features(self.backbone, source, padding_mask, output_layer)
 
     def backbone_state_dict(self) -> Dict[str, torch.Tensor]:
         """The tuned backbone weights under the backbone's own (release) key names."""

@@ -168,12 +168,18 @@ def _encoder_classes() -> Tuple[type, ...]:
 
 def is_plugin_training_checkpoint(state: Any) -> bool:
     """A fairseq checkpoint of one of this plugin's own training models that is not a speech encoder by
-    itself (``slicer``, ``simsiam_recon``, ``laser_finetune`` ...): fairseq's loader rebuilds those."""
+    itself (``slicer``, ``laser_finetune`` ...) or whose constructor is not HuBERT's (the pre-training models on
+    :class:`~fairseq_plugins.modules.hubert_encoder.SeededHubertEncoder`: ``simsiam_recon``, ``mgf``): fairseq's
+    loader rebuilds those."""
     from fairseq.models import MODEL_REGISTRY
+
+    from fairseq_plugins.modules.hubert_encoder import SeededHubertEncoder
 
     model_cfg = _model_cfg(state) if isinstance(state, Mapping) else None
     cls = MODEL_REGISTRY.get(model_cfg.get("_name")) if hasattr(model_cfg, "get") else None
-    return cls is not None and cls.__module__.startswith("fairseq_plugins.") and not issubclass(cls, _encoder_classes())
+    if cls is None or not cls.__module__.startswith("fairseq_plugins."):
+        return False
+    return issubclass(cls, SeededHubertEncoder) or not issubclass(cls, _encoder_classes())
 
 
 def checkpoint_kind(state: Any, name: str = "<checkpoint>") -> str:
@@ -337,6 +343,23 @@ def _load_fairseq(kind: str, model_cfg: Any, task_cfg: Any, weights: Mapping[str
     if normalize is None:
         normalize = task_cfg.get("normalize", False)
     return _finish(kind, model.eval(), spec, model_cfg.encoder_embed_dim, normalize, source, dropped + heads)
+
+
+def encoder_features(model: nn.Module, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None,
+                     output_layer: Optional[int] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """``B x S`` waveform -> (``B x T x C`` features of transformer layer ``output_layer`` (1-based; None = last),
+    ``B x T`` padding mask or None), for every backbone kind.
+
+    HuBERT and WavLM take ``output_layer`` (1-based) and return a tuple; fairseq's ``Wav2Vec2Model`` takes
+    ``layer`` (0-based, the same encoder loop) and returns a dict, so it is translated here.
+    """
+    from fairseq.models.wav2vec import Wav2Vec2Model
+
+    if isinstance(model, Wav2Vec2Model):
+        res = model.extract_features(source, padding_mask=padding_mask, mask=False,
+                                     layer=None if output_layer is None else output_layer - 1)
+        return res["x"], res["padding_mask"]
+    return model.extract_features(source, padding_mask=padding_mask, mask=False, output_layer=output_layer)
 
 
 def load_backbone_state(state: Mapping[str, Any], name: str = "<checkpoint>") -> Backbone:

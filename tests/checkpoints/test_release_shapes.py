@@ -124,3 +124,25 @@ def test_describe_names_the_training_state(tiny_hubert):
     """inspect_checkpoint on a checkpoint saved by fairseq-hydra-train also says how far it trained."""
     info = describe(tiny_hubert["ckpt"])
     assert info["num_updates"] == 20 and info["kind"] == "hubert"
+
+
+@pytest.mark.parametrize("shape", ["wav2vec2_prehydra", "hubert_2021", "wavlm_release"])
+def test_laser_model_encodes_every_backbone_kind(release_shapes, shape):
+    """LASER's model reads layer k of every backbone kind the loader returns: fairseq's Wav2Vec2Model takes
+    ``layer`` (0-based) and returns a dict where HuBERT / WavLM take ``output_layer`` (1-based) and return a
+    tuple (the wav2vec 2.0 path used to pass ``output_layer`` to a function that has no such argument)."""
+    from fairseq_plugins.models.laser_finetune import LaserFinetuneModel, LaserFinetuneModelConfig
+
+    torch.manual_seed(0)
+    model = LaserFinetuneModel.build_model(LaserFinetuneModelConfig(checkpoint=release_shapes[shape]["path"],
+                                                                   output_layer=1)).eval()
+    wav = torch.randn(1, 16000)
+    with torch.no_grad():
+        x, pad = model._encode(model.backbone, wav, None)
+        full = model.extract_features(wav)[0]
+        out = model(wav)
+    dim = load_backbone(release_shapes[shape]["path"]).embed_dim
+    assert x.shape == (1, 49, dim) and full.shape == (1, 49, dim) and pad is None
+    assert load_backbone(release_shapes[shape]["path"]).num_layers >= 2
+    assert not torch.allclose(x, full)  # layer 1 is not the last layer
+    assert out["x"].shape == (1, 49, 256) and torch.allclose(out["x"].norm(dim=-1), torch.ones(1, 49))
