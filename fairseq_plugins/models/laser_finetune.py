@@ -160,14 +160,16 @@ class LaserFinetuneModel(BaseFairseqModel):
         """``B x S`` -> (``B x T x C`` features, ``B x T`` padding mask or None); see ``encode_per_item``."""
         if not (self.cfg.encode_per_item and padding_mask is not None and bool(padding_mask.any())):
             return self._encode_batch(backbone, source, padding_mask)
-        feats = []
-        for wav, pad in zip(source, padding_mask):
-            n = int((~pad).sum())
-            if n == 0:
-                raise ValueError("laser_finetune: an item of the batch is all padding")
-            feats.append(self._encode_batch(backbone, wav[:n].unsqueeze(0), None)[0][0])
+        lengths = (~padding_mask).sum(1).tolist()
+        if not any(lengths):
+            raise ValueError("laser_finetune: every item of the batch is all padding")
+        feats = {i: self._encode_batch(backbone, wav[:n].unsqueeze(0), None)[0][0]
+                 for i, (wav, n) in enumerate(zip(source, lengths)) if n > 0}
+        # an all-padding item gets zero frames: the criterion names its sample id
+        some = next(iter(feats.values()))
+        feats = [feats.get(i, some.new_zeros(0, some.size(-1))) for i in range(len(lengths))]
         t = max(f.size(0) for f in feats)
-        x = feats[0].new_zeros(len(feats), t, feats[0].size(-1))
+        x = some.new_zeros(len(feats), t, some.size(-1))
         frame_pad = torch.ones(len(feats), t, dtype=torch.bool, device=x.device)
         for i, f in enumerate(feats):
             x[i, : f.size(0)] = f
