@@ -18,7 +18,7 @@ takes ``p`` (probability of applying it, default 1). Example::
     noise(snr=5:20,p=0.8)  reverb(rt60=0.2:0.8,p=0.3)  pitch(semitones=-2:2,p=0.5)  speed(factor=0.9|1.0|1.1)
 
 ``interferer(kind=speech+noise+both,sir=-5:5,snr=-5:20,cover=0.5:1)`` mixes in another speaker of the
-training manifest (speaker side file ``{split}.spk``) and/or noise (CSC's mixtures, :class:`Interferer`).
+training manifest (speaker side file ``train.spk``) and/or noise (CSC's mixtures, :class:`Interferer`).
 
 ``python -m fairseq_plugins.data.augment --bench`` measures each augmentation's cost per second of audio.
 Nothing here imports fairseq, so the module is safe in data-loader workers.
@@ -487,7 +487,7 @@ class Interferer(Augmentation):
         if kind in ("speech", "both"):
             if self.manifest is None:
                 raise ValueError("interferer: interfering speech needs the speech manifest (context "
-                                 "speech_manifest; the multiview_audio_pretraining task passes {data}/{split}.tsv)")
+                                 "speech_manifest; the multiview_audio_pretraining task passes its training manifest)")
             if speaker is None:
                 raise ValueError("interferer: the target's speaker was not given (speaker=...), so another "
                                  "speaker cannot be chosen")

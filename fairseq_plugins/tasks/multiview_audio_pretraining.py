@@ -54,8 +54,8 @@ class MultiviewAudioPretrainingConfig(AudioPretrainingConfig, PluginTaskConfig):
         default_factory=list,
         metadata={"help": "per-view conditions applied after 'augmentations': view v gets entry v % len, e.g. "
                           "CSC's ['interferer(kind=speech)', 'interferer(kind=noise)', 'interferer(kind=both)'] "
-                          "(interfering speech from another speaker of {data}/{split}.tsv, whose {split}.spk is "
-                          "then required and passed as side label 'spk'); empty: none"},
+                          "(interfering speech from another speaker of the training manifest, whose .spk file is "
+                          "required, as is {split}.spk, passed as side label 'spk'); empty: none"},
     )
     aligned_views: bool = field(
         default=False,
@@ -120,7 +120,7 @@ class MultiviewAudioPretrainingTask(PluginTaskMixin, AudioPretrainingTask):
         return cls(cfg)
 
     def build_augmentation(self, speech_manifest: Optional[str] = None) -> AugmentationChain:
-        """The configured chain, with the noise/RIR manifests loaded (and ``speech_manifest``, the split's
+        """The configured chain, with the noise/RIR manifests loaded (and ``speech_manifest``, the training
         manifest, for ``interferer``)."""
         return AugmentationChain.from_specs(
             self.cfg.augmentations, self.cfg.sample_rate, noise_manifest=self.cfg.noise_manifest,
@@ -149,8 +149,11 @@ class MultiviewAudioPretrainingTask(PluginTaskMixin, AudioPretrainingTask):
         cfg = self.cfg
         train = self.is_train_split(split)
         manifest = os.path.join(cfg.data, f"{split}.tsv")
-        augment = self.build_augmentation(manifest) if (train or cfg.augment_valid) else None
-        view_augment = self.build_view_augmentations(manifest) if (train or cfg.augment_valid) else []
+        # interfering speech (interferer) comes from the training manifest for every split: a validation set
+        # may hold a single speaker
+        speech = os.path.join(cfg.data, f"{cfg.train_subset.split(',')[0]}.tsv")
+        augment = self.build_augmentation(speech) if (train or cfg.augment_valid) else None
+        view_augment = self.build_view_augmentations(speech) if (train or cfg.augment_valid) else []
         needs_speaker = any(c.needs_speaker for c in [augment, *view_augment] if c is not None)
         dataset = MultiviewAudioDataset(
             manifest_path=manifest,
