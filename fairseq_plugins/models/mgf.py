@@ -116,6 +116,8 @@ class MgfModel(SeededHubertEncoder):
             for name, module in self.ema_teacher.items():
                 module.load_state_dict(getattr(self, name).state_dict())
             self.ema_teacher.requires_grad_(False)
+            # the update count the teacher has followed, saved with it so a resumed run steps like a straight one
+            self.ema_teacher.register_buffer("updates", torch.zeros((), dtype=torch.long))
         self._scales = (True, True)  # (frame, phone) spans drawn by the next masked forward
         self._mask_parts: Dict[str, Optional[torch.Tensor]] = {}
 
@@ -145,10 +147,14 @@ class MgfModel(SeededHubertEncoder):
 
     # ------------------------------------------------------------------ EMA teacher
     def set_num_updates(self, num_updates: int) -> None:
-        """Also steps the EMA teacher once per completed update (only when the count moves on by one in
-        training, so loading a checkpoint, which jumps the count, does not step it)."""
-        if self.ema_teacher is not None and self.training and int(num_updates) == self.num_updates + 1:
+        """Also steps the EMA teacher once per completed update: fairseq calls this before every training
+        forward with the update number n; the teacher steps (towards the student after update n - 1) when n is
+        one more than the count it has followed (``ema_teacher.updates``, in the checkpoint). A checkpoint load
+        (called before the weights are loaded, with a jump) does not step it; the first forward after a resume
+        then makes the step a straight run makes at that forward."""
+        if self.ema_teacher is not None and self.training and int(num_updates) == int(self.ema_teacher.updates) + 1:
             self.ema_step()
+            self.ema_teacher.updates.fill_(int(num_updates))
         super().set_num_updates(num_updates)
 
     @torch.no_grad()

@@ -183,6 +183,9 @@ def test_ema_teacher_target_and_update(model_of):
     model.set_num_updates(10)  # a jump (checkpoint load): no step
     assert all(torch.equal(a, b) for a, b in zip(enc.parameters(), snapshot))
     assert "ema_teacher.encoder.layers.0.fc1.weight" in model.state_dict()
+    from fairseq_plugins.evaluate.upstream import find_encoder
+
+    assert find_encoder(model)[0] == "encoder"  # the probes read the student, not the teacher
 
 
 def test_bad_layers_are_rejected(model_of):
