@@ -23,6 +23,8 @@ EXPECTED = [
     ("task", "laser_finetune", "fairseq_plugins.tasks.laser_finetune", "LaserFinetuneTask"),
     ("criterion", "soft_dtw", "fairseq_plugins.criterions.soft_dtw", "SoftDTWCriterion"),
     ("model", "simsiam_recon", "fairseq_plugins.models.simsiam_recon", "SimsiamReconModel"),
+    ("model", "mgf", "fairseq_plugins.models.mgf", "MgfModel"),
+    ("criterion", "mgf", "fairseq_plugins.criterions.mgf", "MgfCriterion"),
     ("task", "multiview_audio_pretraining", "fairseq_plugins.tasks.multiview_audio_pretraining",
      "MultiviewAudioPretrainingTask"),
     ("criterion", "simsiam_recon", "fairseq_plugins.criterions.simsiam_recon", "SimsiamReconCriterion"),
