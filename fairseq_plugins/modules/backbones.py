@@ -345,6 +345,23 @@ def _load_fairseq(kind: str, model_cfg: Any, task_cfg: Any, weights: Mapping[str
     return _finish(kind, model.eval(), spec, model_cfg.encoder_embed_dim, normalize, source, dropped + heads)
 
 
+def encoder_features(model: nn.Module, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None,
+                     output_layer: Optional[int] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """``B x S`` waveform -> (``B x T x C`` features of transformer layer ``output_layer`` (1-based; None = last),
+    ``B x T`` padding mask or None), for every backbone kind.
+
+    HuBERT and WavLM take ``output_layer`` (1-based) and return a tuple; fairseq's ``Wav2Vec2Model`` takes
+    ``layer`` (0-based, the same encoder loop) and returns a dict, so it is translated here.
+    """
+    from fairseq.models.wav2vec import Wav2Vec2Model
+
+    if isinstance(model, Wav2Vec2Model):
+        res = model.extract_features(source, padding_mask=padding_mask, mask=False,
+                                     layer=None if output_layer is None else output_layer - 1)
+        return res["x"], res["padding_mask"]
+    return model.extract_features(source, padding_mask=padding_mask, mask=False, output_layer=output_layer)
+
+
 def load_backbone_state(state: Mapping[str, Any], name: str = "<checkpoint>") -> Backbone:
     """:func:`load_backbone` for a checkpoint dict already in memory (``name`` is used in messages)."""
     kind = checkpoint_kind(state, name)
