@@ -6,7 +6,7 @@ collapse monitor is weighted the same way). :meth:`PluginCriterion.reduce_metric
 batches and logs ``metric = sum / sample_size`` through fairseq's metrics, so every loss term appears in the
 training log, TensorBoard and the validation summary without a per-criterion reduce block.
 """
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 import torch
 from fairseq.criterions import FairseqCriterion
@@ -37,6 +37,24 @@ class PluginCriterion(FairseqCriterion):
         for key in keys:
             total = sum(float(log.get(key, 0.0)) for log in logging_outputs)
             metrics.log_scalar(key, total / sample_size, sample_size, round=4)
+
+    @staticmethod
+    def float32_outputs(net_output: Dict[str, Any]) -> Dict[str, Any]:
+        """The model's floating-point outputs in float32, so losses are computed in float32 under bf16/fp16."""
+        return {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in net_output.items()}
+
+    @staticmethod
+    def frame_loss_result(loss: torch.Tensor, terms: Dict[str, Any], net_output: Dict[str, Any],
+                          sample_size: int) -> Tuple[torch.Tensor, int, Dict[str, Any]]:
+        """fairseq's ``(loss, sample_size, logging_output)`` for a per-utterance mean ``loss`` and its ``terms``;
+        ``ntokens`` counts the unpadded frames of ``net_output["x"]`` (``B x T x C``, ``padding_mask`` B x T)."""
+        x, pad = net_output["x"], net_output["padding_mask"]
+        ntokens = x.shape[0] * x.shape[1] if pad is None else int((~pad).sum())
+        logging_output = {"sample_size": sample_size, "nsentences": sample_size, "ntokens": ntokens,
+                          "loss": weighted(loss, sample_size)}
+        for key, value in terms.items():
+            logging_output[key] = weighted(value, sample_size)
+        return loss * sample_size, sample_size, logging_output
 
     @staticmethod
     def logging_outputs_can_be_summed() -> bool:

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from fairseq.dataclass import FairseqDataclass
 
 from fairseq_plugins.compat import register
-from fairseq_plugins.criterions.base import PluginCriterion, weighted
+from fairseq_plugins.criterions.base import PluginCriterion
 from fairseq_plugins.losses.csc import si_snr, vmf_nll
 from fairseq_plugins.losses.simsiam import collapse_std, healthy_std
 
@@ -96,12 +96,4 @@ class CscCriterion(PluginCriterion):
         net_output = model(**net_input, num_views=views["num_views"], sep=self.sep_weight > 0,
                            csc=self.csc_weight > 0)
         loss, terms = self.compute_loss(net_output, net_input["source"], clean, net_input["padding_mask"])
-        sample_size = views["batch_size"]
-        pad = net_output["padding_mask"]
-        x = net_output["x"]
-        ntokens = x.shape[0] * x.shape[1] if pad is None else int((~pad).sum())
-        logging_output = {"sample_size": sample_size, "nsentences": sample_size, "ntokens": ntokens,
-                          "loss": weighted(loss, sample_size)}
-        for key, value in terms.items():
-            logging_output[key] = weighted(value, sample_size)
-        return loss * sample_size, sample_size, logging_output
+        return self.frame_loss_result(loss, terms, net_output, views["batch_size"])

@@ -26,7 +26,7 @@ import torch
 from fairseq.dataclass import FairseqDataclass
 
 from fairseq_plugins.compat import register
-from fairseq_plugins.criterions.base import PluginCriterion, weighted
+from fairseq_plugins.criterions.base import PluginCriterion
 from fairseq_plugins.losses.mgf import frame_l1, nt_xent, phone_infonce
 from fairseq_plugins.losses.simsiam import collapse_std, healthy_std
 from fairseq_plugins.modules.span_mask import mask_seed
@@ -116,15 +116,6 @@ class MgfCriterion(PluginCriterion):
         views = sample["views"]
         net_output = model(**sample["net_input"], num_views=views["num_views"], frame=self.w_frame > 0,
                            phone=self.w_phone > 0, utt=self.w_utt > 0)
-        # losses in float32 also under bf16/fp16 training
-        net_output = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v
-                      for k, v in net_output.items()}
+        net_output = self.float32_outputs(net_output)
         loss, terms = self.compute_loss(net_output)
-        sample_size = views["batch_size"]
-        pad = net_output["padding_mask"]
-        ntokens = net_output["x"].shape[0] * net_output["x"].shape[1] if pad is None else int((~pad).sum())
-        logging_output = {"sample_size": sample_size, "nsentences": sample_size, "ntokens": ntokens,
-                          "loss": weighted(loss, sample_size)}
-        for key, value in terms.items():
-            logging_output[key] = weighted(value, sample_size)
-        return loss * sample_size, sample_size, logging_output
+        return self.frame_loss_result(loss, terms, net_output, views["batch_size"])

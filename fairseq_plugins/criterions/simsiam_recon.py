@@ -27,7 +27,7 @@ import torch
 from fairseq.dataclass import FairseqDataclass
 
 from fairseq_plugins.compat import register
-from fairseq_plugins.criterions.base import PluginCriterion, weighted
+from fairseq_plugins.criterions.base import PluginCriterion
 from fairseq_plugins.losses.simsiam import collapse_std, healthy_std, masked_l1, simsiam_loss
 
 logger = logging.getLogger(__name__)
@@ -100,15 +100,6 @@ class SimsiamReconCriterion(PluginCriterion):
         net_output = model(**sample["net_input"], num_views=views["num_views"], aligned=views["aligned"],
                            mask=self.recon_weight > 0, simsiam=self.simsiam_weight > 0,
                            recon=self.recon_weight > 0)
-        # losses in float32 also under bf16/fp16 training (the model's outputs are in its dtype)
-        net_output = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v
-                      for k, v in net_output.items()}
+        net_output = self.float32_outputs(net_output)
         loss, terms = self.compute_loss(net_output)
-        sample_size = views["batch_size"]
-        pad = net_output["padding_mask"]
-        ntokens = net_output["x"].shape[0] * net_output["x"].shape[1] if pad is None else int((~pad).sum())
-        logging_output = {"sample_size": sample_size, "nsentences": sample_size, "ntokens": ntokens,
-                          "loss": weighted(loss, sample_size)}
-        for key, value in terms.items():
-            logging_output[key] = weighted(value, sample_size)
-        return loss * sample_size, sample_size, logging_output
+        return self.frame_loss_result(loss, terms, net_output, views["batch_size"])
