@@ -19,7 +19,7 @@ $(STAMP): setup.py constraints.txt requirements-dev.txt scripts/setup_venv.sh
 	touch $(STAMP)
 
 lint: setup
-	$(VPY) -m ruff check setup.py fairseq_plugins manifests tests benchmarks scripts examples
+	$(VPY) -m ruff check setup.py fairseq_plugins manifests tests benchmarks scripts examples evidence
 
 test: setup lint
 	$(VPY) -m pytest -ra --durations=15 tests

@@ -1,0 +1,1 @@
+"""The evidence harness (``python -m evidence``, ``make evidence``): see :mod:`evidence.harness`."""

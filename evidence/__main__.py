@@ -1,0 +1,5 @@
+import sys
+
+from evidence.harness import main
+
+sys.exit(main())
