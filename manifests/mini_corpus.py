@@ -252,24 +252,68 @@ class Speaker:
         return f"{self.accent}+{self.variant}"
 
 
-def make_speakers(num_speakers: int, seed: int) -> List[Speaker]:
-    """``num_speakers`` voices alternating male/female; accents, variants and prosody drawn from ``seed``."""
+VOICE_PAIRINGS = ("cycle", "crossed")
+
+
+@dataclass(frozen=True)
+class Prosody:
+    """Inclusive ranges each speaker's espeak-ng prosody is drawn from (uniform integers): speaking rate in
+    words per minute (espeak-ng: 80-450), base pitch and pitch range (0-99; range 0 is a monotone) and volume
+    (0-200)."""
+
+    rate: Tuple[int, int] = RATE_WPM
+    pitch: Tuple[int, int] = PITCH
+    pitch_range: Tuple[int, int] = PITCH_RANGE
+    volume: Tuple[int, int] = VOLUME
+
+    def check(self) -> None:
+        limits = {"rate": (80, 450), "pitch": (0, 99), "pitch_range": (0, 99), "volume": (0, 200)}
+        for name, (lo, hi) in limits.items():
+            a, b = getattr(self, name)
+            if not lo <= a <= b <= hi:
+                raise ValueError(f"prosody {name}=({a}, {b}): expected LOW <= HIGH within espeak-ng's {lo}..{hi}")
+
+
+def make_speakers(num_speakers: int, seed: int, voice_pairing: str = "cycle",
+                  prosody: Prosody = Prosody()) -> List[Speaker]:
+    """``num_speakers`` voices alternating male/female; accents, variants and prosody drawn from ``seed``.
+
+    ``voice_pairing="cycle"`` (the default, the corpus of version 1) walks the accents and each gender's
+    variants in lock-step: with 8 accents, males only get 4 of them and females the other 4, and male voices
+    repeat after 36 speakers. ``"crossed"`` deals each gender's (accent, variant) pairs from one seeded
+    permutation of their full grid (8 x 36 male, 8 x 17 female voices), so every accent is spoken by both
+    genders and no voice repeats before the grid is used up: the setting for a large, varied pre-training
+    corpus. Prosody is drawn from the ranges of ``prosody``.
+    """
+    if voice_pairing not in VOICE_PAIRINGS:
+        raise ValueError(f"voice_pairing={voice_pairing!r}: expected one of {', '.join(VOICE_PAIRINGS)}")
+    prosody.check()
     rng = np.random.default_rng([seed, 1])
     accents = [ACCENTS[i] for i in rng.permutation(len(ACCENTS))]
     males = [MALE_VARIANTS[i] for i in rng.permutation(len(MALE_VARIANTS))]
     females = [FEMALE_VARIANTS[i] for i in rng.permutation(len(FEMALE_VARIANTS))]
+    grids = {}
+    if voice_pairing == "crossed":
+        grid_rng = np.random.default_rng([seed, 5])
+        for gender, pool in (("male", males), ("female", females)):
+            pairs = list(itertools.product(accents, pool))
+            grids[gender] = [pairs[i] for i in grid_rng.permutation(len(pairs))]
     width = max(2, len(str(num_speakers - 1)))
     speakers = []
     for i in range(num_speakers):
         gender = "female" if i % 2 else "male"
-        pool = females if gender == "female" else males
-        variant = pool[(i // 2) % len(pool)]
+        if voice_pairing == "crossed":
+            grid = grids[gender]
+            accent, variant = grid[(i // 2) % len(grid)]
+        else:
+            pool = females if gender == "female" else males
+            accent, variant = accents[i % len(accents)], pool[(i // 2) % len(pool)]
         speakers.append(Speaker(
-            id=f"spk{i:0{width}d}", accent=accents[i % len(accents)], variant=variant, gender=gender,
-            rate=int(rng.integers(RATE_WPM[0], RATE_WPM[1] + 1)),
-            pitch=int(rng.integers(PITCH[0], PITCH[1] + 1)),
-            pitch_range=int(rng.integers(PITCH_RANGE[0], PITCH_RANGE[1] + 1)),
-            volume=int(rng.integers(VOLUME[0], VOLUME[1] + 1))))
+            id=f"spk{i:0{width}d}", accent=accent, variant=variant, gender=gender,
+            rate=int(rng.integers(prosody.rate[0], prosody.rate[1] + 1)),
+            pitch=int(rng.integers(prosody.pitch[0], prosody.pitch[1] + 1)),
+            pitch_range=int(rng.integers(prosody.pitch_range[0], prosody.pitch_range[1] + 1)),
+            volume=int(rng.integers(prosody.volume[0], prosody.volume[1] + 1))))
     return speakers
 
 
@@ -389,7 +433,8 @@ def _write_noise(out_dir: str, seed: int, num_noise: int, train: List[_Utterance
 def build_mini_corpus(out_dir: str, seed: int = 0, minutes: float = 3.0, num_speakers: int = 24,
                       num_noise: int = 40, valid_fraction: float = 0.1, test_fraction: float = 0.25,
                       min_utts_per_speaker: int = 2, max_trials: int = 2000,
-                      noise_seconds: Tuple[float, float] = (1.0, 2.0)) -> Dict:
+                      noise_seconds: Tuple[float, float] = (1.0, 2.0), voice_pairing: str = "cycle",
+                      prosody: Prosody = Prosody()) -> Dict:
     """Build the corpus in ``out_dir`` (see the module docstring and ``--help`` for the layout).
 
     Utterances are generated round-robin over speakers until complete rounds reach ``minutes`` of audio (and
@@ -404,10 +449,10 @@ def build_mini_corpus(out_dir: str, seed: int = 0, minutes: float = 3.0, num_spe
         raise ValueError(f"minutes={minutes} must be positive")
     if not 0 < valid_fraction < 1 or not 0 < test_fraction < 1:
         raise ValueError("valid_fraction and test_fraction must be in (0, 1)")
+    speakers = make_speakers(num_speakers, seed, voice_pairing, prosody)  # checks both before anything is removed
     out_dir = os.path.abspath(out_dir)
     _prepare_out_dir(out_dir)
     t0 = time.time()
-    speakers = make_speakers(num_speakers, seed)
     spk_split = _split_speakers(speakers, seed, test_fraction)
     engine = Espeak()
     staging = os.path.join(out_dir, "audio", ".staging")
@@ -496,6 +541,9 @@ def build_mini_corpus(out_dir: str, seed: int = 0, minutes: float = 3.0, num_spe
         "seed": seed,
         "minutes_requested": minutes,
         "num_speakers": num_speakers,
+        "voice_pairing": voice_pairing,
+        "distinct_voices": len({s.voice for s in speakers}),
+        "prosody": asdict(prosody),
         "sample_rate": SAMPLE_RATE,
         "label_rate": SAMPLE_RATE // FRAME_HOP,
         "synthesiser": f"espeak-ng {engine.version}",
@@ -541,6 +589,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--num-noise", type=int, default=40, help="number of 1-2 s noise files (default: 40)")
     p.add_argument("--max-trials", type=int, default=2000,
                    help="at most this many verification trials, half same-speaker (default: 2000)")
+    p.add_argument("--voice-pairing", choices=VOICE_PAIRINGS, default="cycle",
+                   help="how speakers get an (accent, variant) voice: cycle (default; accents tied to gender, "
+                        "voices repeat after 36 male speakers) or crossed (each gender's full accent x variant "
+                        "grid, 288 male + 136 female voices, dealt without repeats: for large pre-training "
+                        "corpora)")
+    p.add_argument("--rate", type=int, nargs=2, default=list(RATE_WPM), metavar=("LOW", "HIGH"),
+                   help=f"speaking-rate range in words per minute (default: {RATE_WPM[0]} {RATE_WPM[1]})")
+    p.add_argument("--pitch", type=int, nargs=2, default=list(PITCH), metavar=("LOW", "HIGH"),
+                   help=f"base-pitch range, espeak-ng 0-99 (default: {PITCH[0]} {PITCH[1]})")
+    p.add_argument("--pitch-range", type=int, nargs=2, default=list(PITCH_RANGE), metavar=("LOW", "HIGH"),
+                   help=f"range of espeak-ng's pitch range (intonation), 0-99 (default: {PITCH_RANGE[0]} "
+                        f"{PITCH_RANGE[1]})")
+    p.add_argument("--volume", type=int, nargs=2, default=list(VOLUME), metavar=("LOW", "HIGH"),
+                   help=f"volume range, espeak-ng 0-200 (default: {VOLUME[0]} {VOLUME[1]})")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -548,11 +610,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         summary = build_mini_corpus(args.out, seed=args.seed, minutes=args.minutes,
                                     num_speakers=args.num_speakers, num_noise=args.num_noise,
-                                    max_trials=args.max_trials)
+                                    max_trials=args.max_trials, voice_pairing=args.voice_pairing,
+                                    prosody=Prosody(tuple(args.rate), tuple(args.pitch), tuple(args.pitch_range),
+                                                    tuple(args.volume)))
     except (FileExistsError, ValueError, RuntimeError) as e:
         logger.error("%s", e)
         return 1
-    keys = ("out_dir", "utterances", "seconds", "splits", "trials")
+    keys = ("out_dir", "utterances", "seconds", "distinct_voices", "splits", "trials")
     print(json.dumps({k: summary[k] for k in keys}, indent=1))
     return 0
 

@@ -227,3 +227,46 @@ def test_cli(tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("not a corpus")
     assert main(["--out", str(tmp_path), "--minutes", "0.1", "--num-speakers", "4"]) == 1
     assert (tmp_path / "notes.txt").exists()
+
+
+def test_crossed_voice_pairing_gives_many_distinct_voices_across_accents_and_genders():
+    from manifests.mini_corpus import ACCENTS, make_speakers
+
+    cycle = make_speakers(120, seed=0)
+    assert len({s.accent for s in cycle if s.gender == "male"}) == 4  # v1 pairing: accents tied to gender
+    crossed = make_speakers(120, seed=0, voice_pairing="crossed")
+    assert len({s.voice for s in crossed}) == 120
+    for gender in ("male", "female"):
+        assert {s.accent for s in crossed if s.gender == gender} == set(ACCENTS)
+    assert [s.rate for s in crossed] == [s.rate for s in cycle]  # the same prosody stream
+    assert make_speakers(120, seed=0, voice_pairing="crossed") == crossed
+
+
+def test_prosody_ranges_are_used_and_checked():
+    from manifests.mini_corpus import Prosody, make_speakers
+
+    wide = Prosody(rate=(100, 260), pitch=(10, 90), pitch_range=(5, 95), volume=(40, 120))
+    speakers = make_speakers(200, seed=3, prosody=wide)
+    for field in ("rate", "pitch", "pitch_range", "volume"):
+        values = [getattr(s, field) for s in speakers]
+        lo, hi = getattr(wide, field)
+        assert lo <= min(values) and max(values) <= hi and max(values) - min(values) > (hi - lo) // 2, field
+    with pytest.raises(ValueError, match=r"^prosody pitch=\(50, 120\): expected LOW <= HIGH within espeak-ng's 0..99$"):
+        make_speakers(4, seed=0, prosody=Prosody(pitch=(50, 120)))
+    with pytest.raises(ValueError, match="voice_pairing='grid': expected one of cycle, crossed"):
+        make_speakers(4, seed=0, voice_pairing="grid")
+
+
+def test_cli_builds_a_crossed_wide_prosody_corpus(tmp_path, capsys):
+    out = tmp_path / "c"
+    assert main(["--out", str(out), "--minutes", "0.1", "--num-speakers", "6", "--num-noise", "2",
+                 "--voice-pairing", "crossed", "--rate", "110", "240", "--pitch", "15", "85",
+                 "--pitch-range", "10", "95", "--volume", "60", "100"]) == 0
+    summary = json.load(open(out / "corpus.json"))
+    assert summary["voice_pairing"] == "crossed" and summary["distinct_voices"] == 6
+    assert summary["prosody"] == {"rate": [110, 240], "pitch": [15, 85], "pitch_range": [10, 95],
+                                  "volume": [60, 100]}
+    assert all(110 <= s["rate"] <= 240 and 15 <= s["pitch"] <= 85 for s in summary["speakers"])
+    assert json.loads(capsys.readouterr().out)["distinct_voices"] == 6
+    assert main(["--out", str(tmp_path / "d"), "--pitch", "80", "20"]) == 1
+    assert not (tmp_path / "d").exists()  # checked before anything is written
