@@ -5,14 +5,18 @@ stop-gradient SimSiam loss on
 the utterance-level heads (plus ``frame_simsiam_weight`` times the frame-level one when the model has frame
 heads); ``L_rec`` is the L1 error of the log-mel reconstruction over masked frames. The single criteria
 ``simsiam`` and ``masked_reconstruction`` are this class with one weight fixed at 0 (see their modules),
-and a weight of 0 also skips that branch in the model (no masking without reconstruction, no heads without
-SimSiam).
+and a weight of 0 also skips that branch in the model (no masking without reconstruction, unless
+``mask_without_recon``; no heads without SimSiam). ``mask_without_recon=true`` with ``recon_weight=0`` keeps the
+span masks, so SimSiam runs on the masked pass without reconstruction: with ``model.simsiam_input`` it makes the
+2 x 2 ablation grid (masked / unmasked SimSiam input x with / without reconstruction) one change per row
+(examples/simsiam_recon/README.md, "Ablation grid").
 
 Logged (per utterance, through :class:`~fairseq_plugins.criterions.base.PluginCriterion`): ``loss``,
 ``simsiam_loss``, ``simsiam_utt_loss``, ``simsiam_frame_loss``, ``cos_sim`` (mean cosine between p and
 sg(z) of the other views, = -``simsiam_utt_loss``), ``collapse_std`` and its healthy reference
 ``collapse_ref`` = 1/sqrt(dim), the same for the pooled encoder output before the heads (``enc_collapse_std``,
-``enc_collapse_ref``), ``recon_loss``, ``mask_frac`` (masked share of non-padding frames). ``sample_size`` =
+``enc_collapse_ref``), ``recon_loss``, ``mask_frac`` (masked share of non-padding frames, whenever the
+encoder input is masked). ``sample_size`` =
 utterances. In training mode the projector's last BatchNorm standardises every dimension of z over the batch,
 which pins ``collapse_std`` near 1/sqrt(dim) unless z collapses completely; ``enc_collapse_std`` (no BN) and
 the validation values (running BN statistics) also show partial collapse.
@@ -46,6 +50,11 @@ class SimsiamReconCriterionConfig(FairseqDataclass):
     frame_simsiam_weight: float = field(
         default=1.0, metadata={"help": "weight of the frame-level SimSiam term inside L_sim (used only when "
                                        "model.frame_simsiam=true)"})
+    mask_without_recon: bool = field(
+        default=False,
+        metadata={"help": "span-mask the encoder input also when recon_weight=0, so SimSiam sees the masked pass "
+                          "(needs model.simsiam_input=masked): the 'masked SimSiam, no reconstruction' ablation; "
+                          "no effect when recon_weight > 0"})
 
 
 @register("criterion", CRITERION_NAME, dataclass=SimsiamReconCriterionConfig)
@@ -53,7 +62,7 @@ class SimsiamReconCriterion(PluginCriterion):
     """See the module docstring."""
 
     def __init__(self, task, recon_weight: float = 1.0, simsiam_weight: float = 1.0,
-                 frame_simsiam_weight: float = 1.0):
+                 frame_simsiam_weight: float = 1.0, mask_without_recon: bool = False):
         super().__init__(task)
         if min(recon_weight, simsiam_weight, frame_simsiam_weight) < 0:
             raise ValueError("criterion weights must be non-negative")
@@ -62,6 +71,7 @@ class SimsiamReconCriterion(PluginCriterion):
         self.recon_weight = float(recon_weight)
         self.simsiam_weight = float(simsiam_weight)
         self.frame_simsiam_weight = float(frame_simsiam_weight)
+        self.mask_without_recon = bool(mask_without_recon)
 
     def compute_loss(self, net_output: Dict) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """Per-utterance loss and its terms (unweighted by sample size) from the model's output."""
@@ -84,22 +94,29 @@ class SimsiamReconCriterion(PluginCriterion):
             loss = loss + self.simsiam_weight * sim
         if self.recon_weight > 0:
             if "recon_pred" in net_output:
-                rec, count = masked_l1(net_output["recon_pred"], net_output["recon_target"],
-                                       net_output["recon_mask"])
+                rec, _ = masked_l1(net_output["recon_pred"], net_output["recon_target"], net_output["recon_mask"])
             else:  # the model masked nothing (mask_prob 0)
-                rec, count = net_output["x"].sum() * 0.0, 0
+                rec = net_output["x"].sum() * 0.0
             terms["recon_loss"] = rec
-            pad = net_output["padding_mask"]
-            frames = net_output["x"].shape[0] * net_output["x"].shape[1] if pad is None else int((~pad).sum())
-            terms["mask_frac"] = torch.tensor(count / max(1, frames))
             loss = loss + self.recon_weight * rec
+        mask = net_output.get("mask_indices")
+        if mask is not None:
+            pad = net_output["padding_mask"]
+            if pad is not None:
+                mask = mask & ~pad
+            frames = mask.numel() if pad is None else int((~pad).sum())
+            terms["mask_frac"] = torch.tensor(int(mask.sum()) / max(1, frames))
         return loss, terms
 
     def forward(self, model, sample, reduce: bool = True):
         views = sample["views"]
+        mask = self.recon_weight > 0 or self.mask_without_recon
+        if mask and self.recon_weight == 0 and model.cfg.simsiam_input == "unmasked":
+            raise ValueError("criterion.mask_without_recon=true with recon_weight=0 masks a pass that nothing uses "
+                             "when model.simsiam_input=unmasked: set model.simsiam_input=masked (masked SimSiam, "
+                             "no reconstruction) or mask_without_recon=false (unmasked SimSiam)")
         net_output = model(**sample["net_input"], num_views=views["num_views"], aligned=views["aligned"],
-                           mask=self.recon_weight > 0, simsiam=self.simsiam_weight > 0,
-                           recon=self.recon_weight > 0)
+                           mask=mask, simsiam=self.simsiam_weight > 0, recon=self.recon_weight > 0)
         net_output = self.float32_outputs(net_output)
         loss, terms = self.compute_loss(net_output)
         return self.frame_loss_result(loss, terms, net_output, views["batch_size"])

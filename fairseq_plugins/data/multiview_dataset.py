@@ -8,14 +8,31 @@ reconstruction method (Zhang et al., Journal on Communications 2022).
 
 Randomness. Every random choice of item ``index`` comes from :func:`~fairseq_plugins.data.augment.seeded_rng`
 keyed by ``(seed, epoch, index, stream)``: stream ``v`` for view ``v`` (its crop and augmentations), one
-shared stream for the crop common to aligned views, one for the collater's crop. So the same seed and epoch
-give the same views in any data-loader worker, and a new epoch gives new views. The epoch lives in a
+shared stream for the crop common to shared-crop (and aligned) views, one for the collater's crop. So the same
+seed and epoch give the same views in any data-loader worker, and a new epoch gives new views. The epoch lives in a
 shared-memory tensor, so :meth:`set_epoch` reaches persistent data-loader workers too (fairseq keeps them
 across epochs).
 
-Views. With ``aligned_views`` all views share one crop and the chain must keep alignment (every view has the
-same length, sample ``i`` is the same instant in all views; frame-level objectives need this). Otherwise each
-view gets its own crop and any augmentation. Views listed in ``unaugmented_views`` are returned unaugmented.
+Views. Where each view's audio comes from (``max_sample_size`` is the crop length):
+
+==================  ===============  ============================  ==================================================
+``aligned_views``   ``shared_crop``  crop                          augmentations
+==================  ===============  ============================  ==================================================
+false (default)     false (default)  one independent random crop   any; views cover different, overlapping parts of
+                                     per view                      the utterance
+false               true             ONE random crop, shared by    any, drawn independently per view (speed, crop
+                                     every view                    ... allowed): before augmentation every view is
+                                                                   the same samples; after it the views need not
+                                                                   line up in time
+true                (implied)        ONE random crop, shared       alignment-keeping only (ValueError otherwise):
+                                                                   every view has the same length and sample ``i``
+                                                                   is the same instant in all views (frame-level
+                                                                   objectives need this)
+==================  ===============  ============================  ==================================================
+
+The collater's crop to the batch length keeps shared-crop views together: it draws one start per utterance and
+uses it for every view of that length (a view whose length an augmentation changed starts at the same relative
+position). Views listed in ``unaugmented_views`` are returned unaugmented.
 
 Batch layout (:meth:`collater`)::
 
@@ -23,7 +40,8 @@ Batch layout (:meth:`collater`)::
     net_input.padding_mask  (V*B) x T bool, True = padding (always present; all False without padding)
     net_input.target_source (V*B) x T float, the un-augmented crop of each row (only with clean_target)
     id                      B long
-    views                   {"num_views": V, "batch_size": B, "aligned": bool, "layout": "view_major",
+    views                   {"num_views": V, "batch_size": B, "aligned": bool, "shared_crop": bool,
+                             "layout": "view_major",
                              "lengths": V x B long (valid samples), "augmentations": V lists of B name lists}
     side_labels             {ext: [B strings]} for every side file asked for (e.g. "spk")
 
@@ -55,6 +73,8 @@ class MultiviewAudioDataset(ManifestAudioDataset, FileAudioDataset):
         num_views: views per utterance (V >= 1).
         augment: chain applied to each view, or None.
         aligned_views: one shared crop, alignment-keeping augmentations only (ValueError otherwise).
+        shared_crop: one shared crop, any augmentations (see the module docstring's table); implied by
+            ``aligned_views``.
         unaugmented_views: view indices that are not augmented (e.g. ``[0]`` for clean/augmented pairs).
         side_labels: ``{ext: lines}``, one line per manifest entry (skipped entries included).
         clean_target: also return the un-augmented crop as ``net_input.target_source`` (aligned only).
@@ -78,6 +98,7 @@ class MultiviewAudioDataset(ManifestAudioDataset, FileAudioDataset):
         num_views: int = 2,
         augment: Optional[AugmentationChain] = None,
         aligned_views: bool = False,
+        shared_crop: bool = False,
         unaugmented_views: Sequence[int] = (),
         side_labels: Optional[Dict[str, List[str]]] = None,
         clean_target: bool = False,
@@ -120,6 +141,7 @@ class MultiviewAudioDataset(ManifestAudioDataset, FileAudioDataset):
                 raise ValueError(f"aligned_views=true needs alignment-keeping augmentations, but the per-view "
                                  f"augmentations {bad} change timing or length")
         self.aligned_views = bool(aligned_views)
+        self.shared_crop = bool(shared_crop) or self.aligned_views
         self.unaugmented_views = {int(v) for v in unaugmented_views}
         self.clean_target = bool(clean_target)
         self.normalize_views = bool(normalize)
@@ -176,11 +198,11 @@ class MultiviewAudioDataset(ManifestAudioDataset, FileAudioDataset):
         wav = super().__getitem__(index)["source"].numpy()
         epoch = self.epoch
         shared = self._crop(wav, seeded_rng(self.seed, epoch, index, SHARED_CROP_STREAM)) \
-            if self.aligned_views or self.clean_target else None
+            if self.shared_crop or self.clean_target else None
         views, applied = [], []
         for v in range(self.num_views):
             rng = seeded_rng(self.seed, epoch, index, v)
-            x = shared if self.aligned_views else self._crop(wav, rng)
+            x = shared if self.shared_crop else self._crop(wav, rng)
             names: List[str] = []
             if v not in self.unaugmented_views:
                 speaker = self.side_labels["spk"][index] if "spk" in self.side_labels else None
@@ -216,14 +238,16 @@ class MultiviewAudioDataset(ManifestAudioDataset, FileAudioDataset):
         clean = torch.zeros(B, width) if self.clean_target else None
         for b, s in enumerate(samples):
             rng = seeded_rng(self.seed, self.epoch, s["id"], COLLATE_STREAM)
-            shared_start = None
+            shared_start = shared_n = None
             for v, x in enumerate(s["views"]):
                 n = len(x)
                 if n > target:
-                    if self.aligned_views:
+                    if self.shared_crop:
                         if shared_start is None:
-                            shared_start = int(rng.integers(0, n - target + 1))
-                        start = shared_start
+                            shared_start, shared_n = int(rng.integers(0, n - target + 1)), n
+                        # same start for views of the same length, the same relative position otherwise
+                        start = shared_start if n == shared_n else \
+                            round(shared_start * (n - target) / (shared_n - target))
                     else:
                         start = int(rng.integers(0, n - target + 1))
                     x = x[start:start + target]
@@ -242,7 +266,8 @@ class MultiviewAudioDataset(ManifestAudioDataset, FileAudioDataset):
             "id": torch.LongTensor([s["id"] for s in samples]),
             "net_input": net_input,
             "views": {
-                "num_views": V, "batch_size": B, "aligned": self.aligned_views, "layout": "view_major",
+                "num_views": V, "batch_size": B, "aligned": self.aligned_views, "shared_crop": self.shared_crop,
+                "layout": "view_major",
                 "lengths": valid,
                 "augmentations": [[s["augmentations"][v] for s in samples] for v in range(V)],
             },

@@ -5,10 +5,10 @@ Communications 2022, 43(7):163-171; model ``simsiam_recon``); SLICER has its own
 It extends fairseq's ``audio_pretraining`` (same manifests ``{data}/{split}.tsv``,
 random cropping to ``max_sample_size``, length-sorted ``batch_by_size`` batching, ``enable_padding``,
 ``num_batch_buckets``) with a seeded augmentation chain declared in the config
-(:mod:`fairseq_plugins.data.augment`), ``num_views`` views per utterance, optional time-aligned views, and
-line-parallel side labels (``{data}/{split}.{ext}``, e.g. speaker ids) passed through to the criterion. The
-batch layout is documented in :mod:`fairseq_plugins.data.multiview_dataset` (``source`` is (V*B) x T,
-view-major).
+(:mod:`fairseq_plugins.data.augment`), ``num_views`` views per utterance (independent crops per view, one
+shared crop with ``shared_crop``, or time-aligned views with ``aligned_views``), and line-parallel side labels
+(``{data}/{split}.{ext}``, e.g. speaker ids) passed through to the criterion. The batch layout is documented in
+:mod:`fairseq_plugins.data.multiview_dataset` (``source`` is (V*B) x T, view-major).
 
 Registers the task ``multiview_audio_pretraining`` with config :class:`MultiviewAudioPretrainingConfig`.
 """
@@ -61,6 +61,13 @@ class MultiviewAudioPretrainingConfig(AudioPretrainingConfig, PluginTaskConfig):
         default=False,
         metadata={"help": "all views share one crop and only alignment-keeping augmentations are allowed "
                           "(an error names the others); needed by frame-level objectives"},
+    )
+    shared_crop: bool = field(
+        default=False,
+        metadata={"help": "all views come from ONE random crop of the utterance, each then augmented on its "
+                          "own with any augmentation (timing-changing ones allowed, so views need not line up); "
+                          "false: each view gets its own crop; implied by aligned_views (table in "
+                          "fairseq_plugins/data/multiview_dataset.py)"},
     )
     unaugmented_views: List[int] = field(
         default_factory=list, metadata={"help": "0-based views returned without augmentation, e.g. [0]"})
@@ -161,6 +168,7 @@ class MultiviewAudioPretrainingTask(PluginTaskMixin, AudioPretrainingTask):
             num_views=cfg.num_views,
             augment=augment,
             aligned_views=cfg.aligned_views,
+            shared_crop=cfg.shared_crop,
             unaugmented_views=list(cfg.unaugmented_views),
             side_labels=self.load_side_labels(split, extra=["spk"] if needs_speaker else []),
             view_augment=view_augment,
@@ -180,4 +188,5 @@ class MultiviewAudioPretrainingTask(PluginTaskMixin, AudioPretrainingTask):
         self.datasets[split] = dataset
         logger.info("%s: %d utterances, %d views, augmentations %s%s", split, len(dataset), cfg.num_views,
                     augment.specs() if augment is not None else "none",
-                    " (aligned views)" if cfg.aligned_views else "")
+                    " (aligned views)" if cfg.aligned_views else " (one shared crop)" if cfg.shared_crop
+                    else " (independent crops)")

@@ -204,6 +204,46 @@ def test_combined_loss_is_the_weighted_sum(task_and_model):
         SimsiamReconCriterion(task, recon_weight=0.0, simsiam_weight=0.0)
 
 
+GRID = {  # row -> (criterion kwargs, model.simsiam_input, SimSiam input masked, reconstruction)
+    "masked SimSiam + recon": ({}, "masked", True, True),
+    "unmasked SimSiam + recon": ({}, "unmasked", False, True),
+    "masked SimSiam only": ({"recon_weight": 0.0, "mask_without_recon": True}, "masked", True, False),
+    "unmasked SimSiam only": ({"recon_weight": 0.0}, "unmasked", False, False),
+}
+
+
+@pytest.mark.parametrize("row", list(GRID))
+def test_ablation_grid_rows(tiny, row):
+    """The 2 x 2 grid of examples/simsiam_recon/README.md: SimSiam pools the masked or the unmasked encoder
+    pass, independently of whether reconstruction is on."""
+    kwargs, simsiam_input, masked, recon = GRID[row]
+    task, model = tiny.build_simsiam_recon(mask_prob=0.3, simsiam_input=simsiam_input)
+    model.train()
+    passes, outputs = [], []
+    run_transformer, forward = model.run_transformer, model.forward
+
+    def spy_run(features, padding_mask, mask, output_layer=None):
+        out = run_transformer(features, padding_mask, mask, output_layer)
+        passes.append((mask, out["x"]))
+        return out
+
+    model.run_transformer = spy_run
+    model.forward = lambda *a, **k: outputs.append(forward(*a, **k)) or outputs[-1]
+    _, _, log = run(SimsiamReconCriterion(task, **kwargs), model, make_sample())
+    out = outputs[0]
+    (pooled_pass,) = [x for m, x in passes if m == masked]
+    torch.testing.assert_close(out["pooled"], model.masked_mean(pooled_pass, out["padding_mask"]).view(2, 3, -1))
+    assert [m for m, _ in passes] == ([True] if masked else [True, False] if recon else [False])
+    assert ("recon_loss" in log) == recon and ("recon_pred" in out) == recon
+    assert ("mask_frac" in log) == (masked or recon)
+
+
+def test_mask_without_recon_rejects_an_unused_masked_pass(tiny):
+    task, model = tiny.build_simsiam_recon(simsiam_input="unmasked")
+    with pytest.raises(ValueError, match="mask_without_recon=true with recon_weight=0 masks a pass"):
+        run(SimsiamReconCriterion(task, recon_weight=0.0, mask_without_recon=True), model, make_sample())
+
+
 def test_frame_level_term(tiny):
     aligned, model = tiny.build_simsiam_recon(aligned=True, encoder_layers=1, projector_dim=16,
                                               projector_hidden_dim=16, predictor_hidden_dim=4, frame_simsiam=True)

@@ -121,6 +121,31 @@ def test_non_aligned_views_get_their_own_crops(corpus):
     assert not torch.equal(item["views"][0], item["views"][1])
 
 
+def test_shared_crop_views_share_the_crops_samples_and_allow_timing_changes(corpus):
+    """task.shared_crop: every view comes from one crop (before augmentation the views are the same samples);
+    unlike aligned_views it accepts timing-changing augmentations; independent crops (the default) differ."""
+    assert MultiviewAudioPretrainingConfig.shared_crop is False  # the default stays independent crops
+    plain = load(corpus, shared_crop=True, augmentations=[])
+    independent = load(corpus, augmentations=[])
+    item = plain[3]  # 24000 samples > max_sample_size: a random crop
+    assert torch.equal(item["views"][0], item["views"][1]) and len(item["views"][0]) == 10000
+    assert not torch.equal(independent[3]["views"][0], independent[3]["views"][1])
+    gain = load(corpus, shared_crop=True, augmentations=["gain(db=-6:6)"], max_sample_size=100000)
+    batch = gain.collater([gain[i] for i in range(len(gain))])  # the collater crops all to 12000 samples
+    assert batch["views"]["shared_crop"] and not batch["views"]["aligned"]
+    src = batch["net_input"]["source"].view(2, len(gain), -1)
+    r = src[1, :, 1:] / src[0, :, 1:]  # (file 0 starts at 0)
+    assert torch.allclose(r, r[:, :1].expand_as(r), rtol=1e-4)  # one crop, two gains, cropped alike
+    assert not torch.allclose(r[:, 0], torch.ones(len(gain)))  # the two views were augmented independently
+    # timing-changing augmentations are allowed; the views stay pieces of the same crop (the files are ramps)
+    speed = load(corpus, shared_crop=True, augmentations=["speed(factor=0.8|1.25)"], unaugmented_views=[0])
+    for i in range(len(speed)):
+        v0, v1 = speed[i]["views"]
+        assert v1[300:-300].min() >= v0.min() - 1e-3 and v1[300:-300].max() <= v0.max() + 1e-3
+        assert abs(float(v1.median() - v0.median())) < 0.05 * float(v0.max() - v0.min())
+    assert load(corpus, aligned_views=True, augmentations=[]).shared_crop  # aligned implies one crop
+
+
 def test_aligned_views_reject_timing_changes(corpus):
     with pytest.raises(ValueError, match=r"aligned_views=true needs alignment-keeping augmentations, but "
                                          r"\['speed', 'crop'\] change timing or length"):
