@@ -5,6 +5,9 @@
 - ``L_phone``: InfoNCE (cosine / ``phone_temperature``) of every phoneme-scale-masked frame's prediction against
   its target and ``num_distractors`` targets of other masked frames of the same utterance, drawn with a
   generator keyed by the masks' (seed, update, rank, micro-batch) keys (repeatable, resumes exactly);
+- ``L_div`` (only with the model's ``phone_target=quantised``): wav2vec 2.0's codebook diversity loss
+  ``(num_vars - prob_perplexity) / num_vars`` of the target quantiser, weight ``w_diversity`` (wav2vec 2.0
+  Base: 0.1 next to its per-frame InfoNCE, which is what ``L_phone`` is here);
 - ``L_utt``: NT-Xent (``utt_temperature``) over the projected pooled embeddings of the two segments of each
   utterance, the batch's other segments as negatives, gathered from every worker with ``utt_gather``.
 
@@ -16,7 +19,8 @@ utterance through :class:`~fairseq_plugins.criterions.base.PluginCriterion`: ``l
 ``phone_mask_frac`` (masked share of non-padding frames), and the collapse monitors ``utt_collapse_std`` (std
 over the batch of the normalised projections; healthy about ``collapse_ref`` = 1/sqrt(dim)),
 ``enc_collapse_std`` / ``enc_collapse_ref`` (pooled encoder output) and ``phone_collapse_std`` (phoneme
-predictions of masked frames). Registers the criterion ``mgf``.
+predictions of masked frames); with the quantised target also ``diversity_loss``, ``prob_perplexity``,
+``code_perplexity`` and ``quantizer_temp``. Registers the criterion ``mgf``.
 """
 import logging
 from dataclasses import dataclass, field
@@ -48,6 +52,9 @@ class MgfCriterionConfig(FairseqDataclass):
     utt_temperature: float = field(default=0.1, metadata={"help": "utterance-scale NT-Xent temperature"})
     utt_gather: bool = field(
         default=True, metadata={"help": "gather the utterance-scale negatives from every worker under DDP"})
+    w_diversity: float = field(
+        default=0.1, metadata={"help": "weight of wav2vec 2.0's codebook diversity loss, used only with "
+                                       "model.phone_target=quantised (wav2vec 2.0 Base: 0.1)"})
 
 
 @register("criterion", CRITERION_NAME, dataclass=MgfCriterionConfig)
@@ -56,11 +63,11 @@ class MgfCriterion(PluginCriterion):
 
     def __init__(self, task, w_frame: float = 1.0, w_phone: float = 1.0, w_utt: float = 1.0,
                  num_distractors: int = 100, phone_temperature: float = 0.1, utt_temperature: float = 0.1,
-                 utt_gather: bool = True):
+                 utt_gather: bool = True, w_diversity: float = 0.1):
         super().__init__(task)
-        if min(w_frame, w_phone, w_utt) < 0:
+        if min(w_frame, w_phone, w_utt, w_diversity) < 0:
             raise ValueError(f"criterion weights must be non-negative, got w_frame={w_frame}, "
-                             f"w_phone={w_phone}, w_utt={w_utt}")
+                             f"w_phone={w_phone}, w_utt={w_utt}, w_diversity={w_diversity}")
         if w_frame == w_phone == w_utt == 0:
             raise ValueError("criterion.w_frame, w_phone and w_utt are all 0: nothing to train")
         if num_distractors < 1:
@@ -71,6 +78,7 @@ class MgfCriterion(PluginCriterion):
         self.num_distractors = int(num_distractors)
         self.phone_temperature, self.utt_temperature = float(phone_temperature), float(utt_temperature)
         self.utt_gather = bool(utt_gather)
+        self.w_diversity = float(w_diversity)
 
     def compute_loss(self, net_output: Dict) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """Per-utterance loss and its terms from the model's output."""
@@ -100,6 +108,12 @@ class MgfCriterion(PluginCriterion):
             terms["phone_acc"] = acc
             terms["phone_mask_frac"] = torch.tensor(count / frames)
             loss = loss + self.w_phone * nce
+            if "prob_perplexity" in net_output:  # phone_target=quantised
+                div = (net_output["num_vars"] - net_output["prob_perplexity"]) / net_output["num_vars"]
+                terms["diversity_loss"] = div
+                for key in ("prob_perplexity", "code_perplexity", "quantizer_temp"):
+                    terms[key] = net_output[key]
+                loss = loss + self.w_diversity * div
         if self.w_utt > 0:
             z = net_output["utt_z"]
             utt, acc = nt_xent(z[0], z[1], self.utt_temperature, gather=self.utt_gather)

@@ -18,7 +18,12 @@ micro-batch)). One masked forward carries two kinds of spans drawn from the same
   ``phone_target``: ``unmasked_layer`` = the output of layer ``phone_target_layer`` of an unmasked pass of the
   same encoder, under stop-gradient (no graph is built for it); ``ema`` = the same layer of an EMA teacher
   (data2vec style: a frozen copy of the encoder updated after every update with ``ema_decay``, saved in the
-  checkpoint so a resumed run continues it exactly);
+  checkpoint so a resumed run continues it exactly); ``quantised`` = wav2vec 2.0's target: fairseq's
+  :class:`~fairseq.modules.GumbelVectorQuantizer` (``latent_vars`` x ``latent_groups`` codebook, Gumbel
+  temperature ``latent_temp`` decayed per update) over the unmasked conv features (after ``layer_norm`` and
+  ``dropout_features``, before ``post_extract_proj``) of the phoneme-masked frames, then ``project_q``; not
+  detached, so the InfoNCE trains the quantiser and the conv stack as in wav2vec 2.0, and the criterion adds
+  wav2vec 2.0's codebook diversity term (``prob_perplexity``);
 - utterance scale: masked mean pooling of the last layer (of the masked pass, or of an unmasked pass with
   ``utt_input=unmasked``) of each of the two segments (views) of every utterance ->
   :class:`~fairseq_plugins.modules.heads.ProjectorMLP` -> NT-Xent in the criterion.
@@ -34,6 +39,7 @@ from typing import Dict, Optional, Tuple
 import torch
 from fairseq.dataclass import ChoiceEnum
 from fairseq.models.hubert.hubert import HubertModel
+from fairseq.modules import GumbelVectorQuantizer
 
 from fairseq_plugins.compat import register
 from fairseq_plugins.modules.heads import ProjectorMLP, ReconstructionHead
@@ -43,7 +49,7 @@ from fairseq_plugins.modules.span_mask import FINE_TIME, seeded_span_mask
 logger = logging.getLogger(__name__)
 
 MODEL_NAME = "mgf"
-PHONE_TARGET_CHOICES = ChoiceEnum(["unmasked_layer", "ema"])
+PHONE_TARGET_CHOICES = ChoiceEnum(["unmasked_layer", "ema", "quantised"])
 UTT_INPUT_CHOICES = ChoiceEnum(["masked", "unmasked"])
 TEACHER_PARTS = ("feature_extractor", "layer_norm", "post_extract_proj", "encoder")
 
@@ -67,11 +73,23 @@ class MgfConfig(SeededHubertConfig):
     phone_target: PHONE_TARGET_CHOICES = field(
         default="unmasked_layer",
         metadata={"help": "phoneme-scale target: 'unmasked_layer' (stop-gradient unmasked pass of the same "
-                          "encoder) or 'ema' (EMA teacher, data2vec style)"})
+                          "encoder), 'ema' (EMA teacher, data2vec style) or 'quantised' (wav2vec 2.0's Gumbel "
+                          "quantiser over the unmasked conv features, trained by the loss)"})
     phone_target_layer: int = field(
         default=0, metadata={"help": "layer (1-based) of the target pass; 0 = the last layer"})
     phone_head_hidden_dim: int = field(
         default=0, metadata={"help": "hidden dim of the phoneme-scale prediction head (0: one linear layer)"})
+    latent_vars: int = field(
+        default=320, metadata={"help": "phone_target=quantised: codewords per group (wav2vec 2.0: 320)"})
+    latent_groups: int = field(
+        default=2, metadata={"help": "phone_target=quantised: codebook groups (wav2vec 2.0: 2)"})
+    latent_dim: int = field(
+        default=0, metadata={"help": "phone_target=quantised: quantised vector dim before project_q "
+                                     "(0: encoder_embed_dim); must divide by latent_groups"})
+    latent_temp: Tuple[float, float, float] = field(
+        default=(2, 0.5, 0.999995),
+        metadata={"help": "phone_target=quantised: Gumbel softmax temperature (start, end, decay per update), "
+                          "wav2vec 2.0's"})
     ema_decay: float = field(
         default=0.999, metadata={"help": "EMA teacher decay per update (phone_target=ema)"})
     utt_input: UTT_INPUT_CHOICES = field(
@@ -87,7 +105,7 @@ class MgfConfig(SeededHubertConfig):
 class MgfModel(SeededHubertEncoder):
     """See the module docstring. Built by the ``multiview_audio_pretraining`` task."""
 
-    PRETRAINING_MODULES = ("recon_head", "phone_head", "utt_projector", "ema_teacher")
+    PRETRAINING_MODULES = ("recon_head", "phone_head", "utt_projector", "ema_teacher", "quantizer", "project_q")
 
     def __init__(self, cfg: MgfConfig, task_cfg) -> None:
         super().__init__(cfg, task_cfg)
@@ -106,7 +124,17 @@ class MgfModel(SeededHubertEncoder):
         self.recon_head = ReconstructionHead(dim, cfg.recon_n_mels, cfg.recon_head_hidden_dim)
         self.phone_head = ReconstructionHead(dim, dim, cfg.phone_head_hidden_dim)
         self.utt_projector = ProjectorMLP(dim, cfg.utt_proj_hidden_dim, cfg.utt_proj_dim, cfg.utt_proj_layers)
-        self.ema_teacher = None
+        self.ema_teacher = self.quantizer = self.project_q = None
+        if cfg.phone_target == "quantised":
+            # wav2vec 2.0's target quantiser (fairseq's class and wav2vec 2.0's arguments), over the conv features
+            vq_dim = cfg.latent_dim or dim
+            if vq_dim % cfg.latent_groups:
+                raise ValueError(f"model.latent_dim={vq_dim} (0 = encoder_embed_dim) must divide by "
+                                 f"model.latent_groups={cfg.latent_groups}")
+            self.quantizer = GumbelVectorQuantizer(
+                dim=self.embed, num_vars=cfg.latent_vars, temp=cfg.latent_temp, groups=cfg.latent_groups,
+                combine_groups=False, vq_dim=vq_dim, time_first=True)
+            self.project_q = torch.nn.Linear(vq_dim, dim)
         if cfg.phone_target == "ema":
             # a second HuBERT built from the same config (deepcopy fails on the weight-normed pos_conv), its
             # encoder parts loaded with the student's weights
@@ -185,6 +213,23 @@ class MgfModel(SeededHubertEncoder):
                 setattr(self, name, module)
             self.train(was)
 
+    # ------------------------------------------------------------------ quantised targets
+    def quantised_targets(self, conv: torch.Tensor, mask: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """wav2vec 2.0's targets of the masked frames: ``project_q(quantizer(dropout_features(conv)))``, the
+        quantiser run on the masked frames only (as wav2vec 2.0 quantises ``unmasked_features[mask_indices]``, so
+        its perplexities are over those frames). ``conv`` B x T x C (layer-normed conv features), ``mask`` B x T
+        bool -> ``phone_target`` B x T x D (zeros elsewhere, with its graph) and the quantiser's statistics
+        (none when no frame is masked)."""
+        if not mask.any():
+            return {"phone_target": conv.new_zeros(mask.shape + (self.project_q.out_features,))}
+        q = self.quantizer(self.dropout_features(conv[mask]).unsqueeze(0), produce_targets=False)
+        y = self.project_q(q["x"][0])
+        target = y.new_zeros(mask.shape + (y.size(-1),))
+        target[mask] = y
+        return {"phone_target": target, "prob_perplexity": q["prob_perplexity"],
+                "code_perplexity": q["code_perplexity"], "num_vars": q["num_vars"],
+                "quantizer_temp": torch.tensor(float(q["temp"]))}
+
     # ------------------------------------------------------------------ forward
     def forward(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None, num_views: int = 2,
                 frame: bool = True, phone: bool = True, utt: bool = True,
@@ -199,9 +244,11 @@ class MgfModel(SeededHubertEncoder):
         Returns:
             dict with ``x`` (V*B) x T x C (last layer of the masked pass), ``padding_mask`` (V*B) x T or None,
             ``mask_indices``, ``features_pen``; frame: ``frame_pred``, ``frame_target`` (V*B) x T x n_mels,
-            ``frame_mask`` (V*B) x T; phone: ``phone_pred``, ``phone_target`` (V*B) x T x C (target
-            detached), ``phone_mask``, ``mask_keys`` (the (seed, update, rank, micro-batch) keys of the masks, for
-            the distractor draw); utt: ``pooled`` V x B x C, ``utt_z`` V x B x D.
+            ``frame_mask`` (V*B) x T; phone: ``phone_pred``, ``phone_target`` (V*B) x T x C (no
+            graph, except ``quantised``), ``phone_mask``, ``mask_keys`` (the (seed, update, rank, micro-batch)
+            keys of the masks, for the distractor draw); with ``phone_target=quantised`` the target keeps its
+            graph (zeros outside ``phone_mask``) and ``prob_perplexity``, ``code_perplexity``, ``num_vars``,
+            ``quantizer_temp`` come with it; utt: ``pooled`` V x B x C, ``utt_z`` V x B x D.
         """
         enc = self.encode_features(source, padding_mask)
         pad = enc["padding_mask"]
@@ -228,13 +275,14 @@ class MgfModel(SeededHubertEncoder):
         if phone and parts.get("phone") is not None:
             layer = self.cfg.phone_target_layer or None
             out["phone_pred"] = self.phone_head(x)
-            if self.ema_teacher is not None:
-                target = self.teacher_layer(source, padding_mask, layer or self.cfg.encoder_layers)
+            out["phone_mask"] = parts["phone"] if keep is None else parts["phone"] & keep
+            if self.quantizer is not None:
+                out.update(self.quantised_targets(enc["conv"], out["phone_mask"]))
+            elif self.ema_teacher is not None:
+                out["phone_target"] = self.teacher_layer(source, padding_mask, layer or self.cfg.encoder_layers)
             else:
                 with torch.no_grad():
-                    target = self.run_transformer(enc["features"].detach(), pad, False, layer)["x"]
-            out["phone_target"] = target.detach()
-            out["phone_mask"] = parts["phone"] if keep is None else parts["phone"] & keep
+                    out["phone_target"] = self.run_transformer(enc["features"].detach(), pad, False, layer)["x"]
         if utt:
             if num_views != 2 or x.size(0) % 2:
                 raise ValueError(f"the utterance scale needs 2 segments per utterance in a view-major batch "

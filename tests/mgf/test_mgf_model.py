@@ -1,7 +1,8 @@
 """The ``mgf`` model and criterion on a tiny encoder: output shapes, the two kinds of seeded span masks (repeat
 with the seed, differ across ranks and updates, frame spans short, phone spans long), stop-gradient and EMA
-phoneme targets, a scale's weight 0 = no masks, no head, no gradient, logged terms, the distractor draw keyed
-by the masks, and removal of the heads followed by a strict load (what fairseq's CTC fine-tuning does)."""
+phoneme targets, the quantised (wav2vec 2.0 Gumbel quantiser) target with its diversity term, a scale's
+weight 0 = no masks, no head, no gradient, logged terms, the distractor draw keyed by the masks, and removal
+of the heads followed by a strict load (what fairseq's CTC fine-tuning does)."""
 import tempfile
 
 import numpy as np
@@ -186,6 +187,49 @@ def test_ema_teacher_target_and_update(model_of):
     from fairseq_plugins.evaluate.upstream import find_encoder
 
     assert find_encoder(model)[0] == "encoder"  # the probes read the student, not the teacher
+
+
+def test_quantised_target_path_gradient_and_diversity_term(model_of):
+    """phone_target=quantised: the targets of the masked frames are project_q of one codeword per group of
+    fairseq's GumbelVectorQuantizer over the unmasked conv features (zeros elsewhere); the InfoNCE alone trains
+    the quantiser; the diversity term enters the loss with its own weight; the heads go before fine-tuning."""
+    task, model = model_of(phone_target="quantised", latent_vars=8, latent_groups=2, dropout=0.0,
+                           dropout_features=0.0)
+    src = waves()
+    model.eval()  # hard (argmax) codewords, no dropout
+    out = model(src, None, frame=False, utt=False)
+    mask, target = out["phone_mask"], out["phone_target"]
+    assert mask.any() and target.requires_grad
+    assert not target[~mask].any()
+    conv = model.encode_features(src)["conv"]
+    codes = model.quantizer(conv[mask].unsqueeze(0), produce_targets=True)["targets"][0]  # N x groups
+    vars_ = model.quantizer.vars[0]  # (groups * latent_vars) x (dim / groups)
+    words = torch.cat([vars_[g * 8 + codes[:, g]] for g in range(2)], -1)
+    assert torch.allclose(target[mask], model.project_q(words), atol=1e-5)
+    assert out["num_vars"] == 16 and 1 <= float(out["prob_perplexity"].detach()) <= 16
+
+    model.train()
+    crit = MgfCriterion(task, w_frame=0, w_utt=0, num_distractors=10, w_diversity=0.0)
+    loss, _, log = crit(model, sample_of(src, None))
+    loss.backward()
+    for name in ("quantizer.vars", "quantizer.weight_proj.weight", "project_q.weight"):
+        grad = dict(model.named_parameters())[name].grad
+        assert grad is not None and grad.abs().sum() > 0, name  # trained by the InfoNCE alone
+    assert 0 < log["diversity_loss"] / 3 < 1 and "prob_perplexity" in log and "quantizer_temp" in log
+    out = model(src, None, frame=False, utt=False)
+    out = {k: v.detach() if torch.is_tensor(v) else v for k, v in out.items()}
+    base, terms = crit.compute_loss(out)
+    with_div, _ = MgfCriterion(task, w_frame=0, w_utt=0, num_distractors=10, w_diversity=0.5).compute_loss(out)
+    assert torch.allclose(with_div - base, 0.5 * terms["diversity_loss"])
+    model.set_num_updates(1000)  # wav2vec 2.0's temperature schedule
+    assert model.quantizer.curr_temp == pytest.approx(max(2 * 0.999995 ** 1000, 0.5))
+    state = model.state_dict()
+    _, fresh = model_of(phone_target="quantised", latent_vars=8, latent_groups=2)
+    fresh.remove_pretraining_modules()
+    fresh.load_state_dict(state, strict=True)
+    assert fresh.quantizer is None and fresh.project_q is None
+    with pytest.raises(ValueError, match="latent_groups=3"):
+        model_of(phone_target="quantised", latent_groups=3)
 
 
 def test_bad_layers_are_rejected(model_of):

@@ -1,6 +1,7 @@
 """Real fairseq-hydra-train runs of examples/mgf/config/mgf_tiny.yaml (slow): every scale's terms are logged,
 a run resumed from checkpoint_last continues exactly (HALF + HALF updates == 2 * HALF, also with the EMA
-teacher, whose weights live in the checkpoint), two gloo processes train together, fairseq's CTC fine-tuning
+teacher, whose weights live in the checkpoint, and with the quantised target, whose Gumbel noise and temperature
+follow the update number), two gloo processes train together, fairseq's CTC fine-tuning
 starts from the checkpoint, and ``python -m fairseq_plugins.evaluate``'s loader (``load_upstream``) loads it."""
 import os
 import re
@@ -88,6 +89,25 @@ def test_ema_teacher_resumes_exactly(tiny_run, hydra_train, tmp_path):
     weights = _state(a)["model"]
     teacher, student = weights["ema_teacher.encoder.layers.0.fc1.weight"], weights["encoder.layers.0.fc1.weight"]
     assert not torch.equal(teacher, student)  # a lagging copy, not the student itself
+
+
+@pytest.mark.slow
+def test_quantised_target_resumes_exactly(tiny_run, hydra_train, tmp_path):
+    """phone_target=quantised: the run logs the diversity term, and a resumed run equals a straight one (Gumbel
+    noise from fairseq's per-update seed, temperature from the update number)."""
+    quant = ["model.phone_target=quantised"]
+    straight, legs = str(tmp_path / "straight"), str(tmp_path / "legs")
+    log = hydra_train(CONFIG_DIR, "mgf_tiny", _pretrain(tiny_run["manifest"], straight, quant), straight,
+                      timeout=300, threads=1)
+    for key in ("diversity_loss", "prob_perplexity", "code_perplexity", "phone_loss"):
+        values = _inner_stats(log, key)
+        assert len(values) == 2 * HALF and np.isfinite(values).all(), (key, values)
+    hydra_train(CONFIG_DIR, "mgf_tiny", _pretrain(tiny_run["manifest"], legs, quant, updates=HALF), legs,
+                timeout=300, threads=1)
+    hydra_train(CONFIG_DIR, "mgf_tiny", _pretrain(tiny_run["manifest"], legs, quant), legs, timeout=300, threads=1)
+    a = os.path.join(straight, "ckpt", "checkpoint_last.pt")
+    _assert_same_checkpoints(a, os.path.join(legs, "ckpt", "checkpoint_last.pt"))
+    assert "quantizer.vars" in _state(a)["model"]
 
 
 @pytest.mark.slow
