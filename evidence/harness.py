@@ -43,9 +43,9 @@ PLUGIN = os.path.join(REPO, "fairseq_plugins")
 
 # data sets a suite can ask for: name -> (parameters and their defaults, the command that builds it)
 DATA_DEFAULTS: Dict[str, Dict] = {
-    "pretrain": {"seed": 0, "minutes": 12.0, "num_speakers": 24, "hubert_clusters": 50},
+    "pretrain": {"seed": 0, "minutes": 12.0, "num_speakers": 24, "hubert_clusters": 50, "args": []},
     "pretrain_clips": {"seed": 0, "per_class": [48, 12, 24]},
-    "probe": {"seed": 1, "minutes": 12.0, "num_speakers": 48},
+    "probe": {"seed": 1, "minutes": 12.0, "num_speakers": 48, "args": []},
     "keywords": {"seed": 1, "repeats": 4},
     "clips": {"seed": 1, "per_class": [48, 12, 24]},
 }
@@ -312,7 +312,11 @@ def _clock(t0: float) -> str:
 
 # ------------------------------------------------------------------------------------------------ planning
 def _data_dir(out: str, key: str, params: Dict) -> str:
-    tag = "_".join(f"{k}{'-'.join(map(str, v)) if isinstance(v, list) else v}" for k, v in sorted(params.items()))
+    # the directory name spells the parameters (an empty list of extra arguments adds nothing, so adding the
+    # field did not rename existing data); odd characters of extra arguments become '-'
+    tag = "_".join(f"{k}{'-'.join(map(str, v)) if isinstance(v, list) else v}"
+                   for k, v in sorted(params.items()) if v != [])
+    tag = re.sub(r"[^A-Za-z0-9_.-]+", "-", tag)
     return os.path.join(out, "data", f"{key}_{tag}")
 
 
@@ -325,13 +329,13 @@ def data_steps(suite: Suite, out: str) -> Tuple[List[Step], Dict[str, str]]:
         where[key] = d
         if key == "pretrain":
             cmds = [[py, "-m", "manifests.mini_corpus", "--out", d, "--seed", str(p["seed"]), "--minutes",
-                     str(p["minutes"]), "--num-speakers", str(p["num_speakers"])]]
+                     str(p["minutes"]), "--num-speakers", str(p["num_speakers"]), *map(str, p["args"])]]
             if p["hubert_clusters"]:
                 cmds.append([py, "-m", "manifests.hubert_labels", "--manifest-dir", os.path.join(d, "manifest"),
                              "--splits", "train", "valid", "--n-clusters", str(p["hubert_clusters"])])
         elif key == "probe":
             cmds = [[py, "-m", "manifests.mini_corpus", "--out", d, "--seed", str(p["seed"]), "--minutes",
-                     str(p["minutes"]), "--num-speakers", str(p["num_speakers"])]]
+                     str(p["minutes"]), "--num-speakers", str(p["num_speakers"]), *map(str, p["args"])]]
         elif key == "keywords":
             cmds = [[py, "-m", "manifests.keywords", "--out", d, "--seed", str(p["seed"]), "--repeats",
                      str(p["repeats"])]]
