@@ -18,7 +18,8 @@ takes ``p`` (probability of applying it, default 1). Example::
     noise(snr=5:20,p=0.8)  reverb(rt60=0.2:0.8,p=0.3)  pitch(semitones=-2:2,p=0.5)  speed(factor=0.9|1.0|1.1)
 
 ``interferer(kind=speech+noise+both,sir=-5:5,snr=-5:20,cover=0.5:1)`` mixes in another speaker of the
-training manifest (speaker side file ``train.spk``) and/or noise (CSC's mixtures, :class:`Interferer`).
+training manifest (speaker side file ``train.spk``) and/or noise (CSC's mixtures, :class:`Interferer`);
+``reverb=0.3`` reverberates 30 % of the interferers with a synthetic RIR (``rt60``, ``drr`` as ``reverb(...)``).
 
 ``python -m fairseq_plugins.data.augment --bench`` measures each augmentation's cost per second of audio.
 Nothing here imports fairseq, so the module is safe in data-loader workers.
@@ -398,6 +399,12 @@ class Interferer(Augmentation):
     span (the whole target when the span is silent; a silent target stays unchanged). With ``both`` the
     noise's SNR is measured against the target alone, not the target plus interfering speech.
 
+    Reverberation (optional, off by default): with probability ``reverb`` each interferer is convolved with
+    a synthetic room impulse response (:func:`synthetic_rir`, ``rt60`` s, ``drr`` dB, seeded by the same
+    ``rng``) BEFORE it is scaled, so the requested SIR/SNR still holds for the reverberant interferer; the
+    target stays dry (it is the separation reference). With ``reverb=0`` no random number is drawn for it, so
+    the mixtures are those of a spec without the parameter.
+
     The interfering speaker is read from the speaker side file next to ``speech_manifest`` (``train.tsv`` ->
     ``train.spk``, one speaker per manifest line); a manifest without one is refused. The target's speaker is
     given per call (``speaker=``, :class:`AugmentationChain` passes it; the ``multiview_audio_pretraining``
@@ -406,7 +413,7 @@ class Interferer(Augmentation):
     name = "interferer"
     needs_speaker: ClassVar[bool] = True
     defaults = {"kind": "speech+noise+both", "sir": "-5:5", "snr": "-5:20", "cover": "0.5:1",
-                "kinds": AdditiveNoise.defaults["kinds"]}
+                "kinds": AdditiveNoise.defaults["kinds"], "reverb": "0", **Reverb.defaults}
     text_params = ("kind", "kinds")
     context = ("speech_manifest", "noise_manifest")
 
@@ -421,6 +428,11 @@ class Interferer(Augmentation):
         lo, hi = self.params["cover"].bounds
         if not 0 < lo <= hi <= 1:
             raise ValueError(f"interferer: cover={self.params['cover']!r} must lie in (0, 1]")
+        lo, hi = self.params["reverb"].bounds
+        if not 0 <= lo <= hi <= 1:
+            raise ValueError(f"interferer: reverb={self.params['reverb']!r} is a probability and must lie in [0, 1]")
+        if self.params["rt60"].bounds[0] <= 0:
+            raise ValueError(f"interferer: rt60={self.params['rt60']!r} must be positive (seconds)")
         self.noise_source = AdditiveNoise(sample_rate, noise_manifest=noise_manifest, snr="0",
                                           kinds=self.text["kinds"])
         self.manifest: Optional[_Manifest] = None
@@ -470,14 +482,28 @@ class Interferer(Augmentation):
         out[start:start + m] = source.astype(np.float64) * ref / (src * 10 ** (ratio_db / 20))
         return out
 
+    def _reverberate(self, source: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """``source`` convolved with a synthetic RIR (direct path at lag 0, length kept) with probability
+        ``reverb``; unchanged (and no random number drawn) when ``reverb`` is 0."""
+        p = self.params["reverb"]
+        if p.bounds[1] <= 0 or rng.random() >= p.sample(rng):
+            return source
+        from scipy.signal import oaconvolve
+
+        h = synthetic_rir(rng, self.sample_rate, self.params["rt60"].sample(rng), self.params["drr"].sample(rng))
+        return oaconvolve(source.astype(np.float64), h)[: len(source)]
+
     def _span(self, n: int, rng: np.random.Generator) -> Tuple[int, int]:
         m = min(n, max(1, int(round(self.params["cover"].sample(rng) * n))))
         return int(rng.integers(0, n - m + 1)), m
 
-    def mix(self, wav: np.ndarray, rng: np.random.Generator, speaker: Optional[str] = None):
+    def mix(self, wav: np.ndarray, rng: np.random.Generator, speaker: Optional[str] = None,
+            exclude: Sequence[str] = ()):
         """``(mixture float32, info)``; ``info`` holds ``kind``, the placed ``speech`` and ``noise`` components
         (float64, zeros when absent; ``mixture = wav + speech + noise``), ``sir``/``snr`` (dB, None when
-        absent), their spans ``(start, length)`` and the interfering ``interferer_speaker`` / ``_file``."""
+        absent), their spans ``(start, length)`` and the interfering ``interferer_speaker`` / ``_file``.
+        The interfering speaker is neither ``speaker`` nor any speaker in ``exclude`` (e.g. the other side of
+        a verification trial)."""
         n = len(wav)
         kind = self.kinds[int(rng.integers(len(self.kinds)))]
         info = {"kind": kind, "speech": np.zeros(n), "noise": np.zeros(n), "sir": None, "snr": None,
@@ -491,18 +517,23 @@ class Interferer(Augmentation):
             if speaker is None:
                 raise ValueError("interferer: the target's speaker was not given (speaker=...), so another "
                                  "speaker cannot be chosen")
-            others = [s for s in self.by_speaker if s != str(speaker)]
+            banned = {str(speaker), *map(str, exclude)}
+            others = [s for s in self.by_speaker if s not in banned]
+            if not others:
+                raise ValueError(f"interferer: {self.manifest.path} has no speaker outside {sorted(banned)} to "
+                                 f"interfere with (speakers: {sorted(self.by_speaker)})")
             other = others[int(rng.integers(len(others)))]
             i = int(self.by_speaker[other][int(rng.integers(len(self.by_speaker[other])))])
             start, m = self._span(n, rng)
             sir = self.params["sir"].sample(rng)
-            info["speech"] = self._place(wav, self.manifest.segment(i, m, rng), start, sir)
+            source = self._reverberate(self.manifest.segment(i, m, rng), rng)
+            info["speech"] = self._place(wav, source, start, sir)
             info.update(sir=sir, speech_span=(start, m), interferer_speaker=other,
                         interferer_file=self.manifest.files[i])
         if kind in ("noise", "both"):
             start, m = self._span(n, rng)
             snr = self.params["snr"].sample(rng)
-            info["noise"] = self._place(wav, self.noise_source.noise(m, rng), start, snr)
+            info["noise"] = self._place(wav, self._reverberate(self.noise_source.noise(m, rng), rng), start, snr)
             info.update(snr=snr, noise_span=(start, m))
         mixture = wav.astype(np.float64) + info["speech"] + info["noise"]
         return mixture.astype(np.float32), info

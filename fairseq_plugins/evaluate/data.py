@@ -177,19 +177,23 @@ class FeatureStore:
         self.audio_seconds = 0.0
 
     def _extract(self, split: Split, i: int) -> torch.Tensor:
-        wav = torch.from_numpy(split.read(i))
+        return self.extract_waveform(
+            split.read(i), f"{split.tsv}:{split.lines[i]}: utterance {split.rels[i]!r} ({split.path(i)})")
+
+    def extract_waveform(self, wav: np.ndarray, where: str) -> torch.Tensor:
+        """``L x T x C`` features of one finite waveform (e.g. a probe-made mixture), not cached; ``where``
+        names it in errors."""
+        wav = torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32))
         t0 = time.time()
         h = self.upstream.extract(wav)
         self.seconds += time.time() - t0
         self.audio_seconds += wav.numel() / SAMPLE_RATE
         if h.size(1) == 0:
-            raise ValueError(f"{split.tsv}:{split.lines[i]}: {split.path(i)}: {wav.numel()} samples give no "
-                             f"frame for {self.upstream.name}")
+            raise ValueError(f"{where}: {wav.numel()} samples give no frame for {self.upstream.name}")
         if not torch.isfinite(h).all():
             raise NonFiniteError(
-                f"{split.tsv}:{split.lines[i]}: utterance {split.rels[i]!r} ({split.path(i)}): the features of "
-                f"{self.upstream.name} hold {int((~torch.isfinite(h)).sum())} non-finite values (stage: feature "
-                f"extraction); the audio is finite, so the upstream itself produced them")
+                f"{where}: the features of {self.upstream.name} hold {int((~torch.isfinite(h)).sum())} non-finite "
+                f"values (stage: feature extraction); the audio is finite, so the upstream itself produced them")
         return h
 
     def _caches_frames(self, split: Split) -> bool:

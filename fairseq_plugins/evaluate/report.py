@@ -17,19 +17,35 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 
+UNIT_SCALE = {"%": 100.0, "dB": 1.0}  # a record's "unit" (default %): its value is a fraction, or dB as is
+
+
 def summarise(results: Sequence[Dict]) -> Dict[Tuple[str, str], Dict]:
-    """``(task, upstream) -> {"mean", "std", "n", "values", "weights_mean"}`` with scores in percent."""
+    """``(task, upstream) -> {"mean", "std", "n", "values", "weights_mean"}`` with scores in percent (in dB for
+    records whose ``unit`` is ``dB``, e.g. SI-SNRi)."""
     groups: Dict[Tuple[str, str], List[Dict]] = {}
     for r in results:
         groups.setdefault((r["task"], r["upstream"]), []).append(r)
     out = {}
     for key, rows in groups.items():
-        vals = np.array([100.0 * r["value"] for r in sorted(rows, key=lambda r: r.get("seed", 0))])
+        vals = np.array([UNIT_SCALE[r.get("unit", "%")] * r["value"]
+                         for r in sorted(rows, key=lambda r: r.get("seed", 0))])
         weights = [r["layer_weights"] for r in rows if r.get("layer_weights") is not None]
         out[key] = {"mean": float(vals.mean()), "std": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0,
                     "n": len(vals), "values": vals.tolist(),
                     "weights_mean": np.mean(weights, axis=0).tolist() if weights else None}
     return out
+
+
+def _untrained(task: str) -> bool:
+    """Rows without learned layer weights: speaker_ver (and its interfered conditions ``speaker_ver@...``), and
+    separation."""
+    return task.split("@")[0] in ("speaker_ver", "separation")
+
+
+def _with_unit(metric: str) -> str:
+    """``"EER"`` -> ``"EER (%)"``; a metric that names its unit (``"SI-SNRi (dB)"``) is kept."""
+    return metric if metric.endswith(")") else f"{metric} (%)"
 
 
 def format_cell(s: Optional[Dict], show_n: bool = False) -> str:
@@ -49,7 +65,9 @@ def markdown_table(summary: Dict, upstreams: Sequence[str], tasks: Sequence[str]
     ``layer_table``) each multi-layer upstream's most-weighted layer. ``caption`` replaces the line that names
     the ``seeds``. The one table writer of the evaluation (also used by :mod:`.pool_seeds`)."""
     arrow = {True: "↑", False: "↓"}
-    caption = caption or f"Test scores in %, mean ± std over {len(seeds)} seed(s) ({', '.join(map(str, seeds))})"
+    unit = " (dB where the metric says so)" if any(metrics[t][0].endswith("(dB)") for t in tasks) else ""
+    caption = caption or (f"Test scores in %{unit}, mean ± std over {len(seeds)} seed(s) "
+                          f"({', '.join(map(str, seeds))})")
     lines = [f"{caption}; ↑ higher is better, ↓ lower is better; best mean in bold.", "",
              "| task | metric | " + " | ".join(upstreams) + " |",
              "|---|---|" + "---|" * len(upstreams)]
@@ -69,7 +87,7 @@ def markdown_table(summary: Dict, upstreams: Sequence[str], tasks: Sequence[str]
                   "brackets, mean over seeds):", "",
                   "| task | " + " | ".join(multi) + " |", "|---|" + "---|" * len(multi)]
         for t in tasks:
-            if t == "speaker_ver":  # not learned: it reuses speaker_id's weights (or a fixed mix)
+            if _untrained(t):  # not learned: speaker_ver reuses speaker_id's weights (or a fixed mix)
                 continue
             row = []
             for u in multi:
@@ -87,7 +105,7 @@ def write_csv(path: str, summary: Dict, upstreams: Sequence[str], tasks: Sequenc
                    + ["seeds"])
         for t in tasks:
             name, higher = metrics[t]
-            row: List = [t, f"{name} (%)", int(higher)]
+            row: List = [t, _with_unit(name), int(higher)]
             n = 0
             for u in upstreams:
                 s = summary.get((t, u))
@@ -116,7 +134,7 @@ def plot_tasks(path: str, summary: Dict, upstreams: Sequence[str], tasks: Sequen
         ax.set_xticks(x)
         ax.set_xticklabels(upstreams, rotation=30, ha="right", fontsize=8)
         ax.set_title(f"{t} ({'higher' if higher else 'lower'} is better)", fontsize=9)
-        ax.set_ylabel(f"{name} (%)", fontsize=8)
+        ax.set_ylabel(_with_unit(name), fontsize=8)
         ax.grid(axis="y", alpha=0.3)
     for ax in list(axes.flat)[len(tasks):]:
         ax.axis("off")
@@ -134,7 +152,7 @@ def plot_layer_weights(path: str, summary: Dict, upstreams: Sequence[str], tasks
 
     panels = []
     for u in upstreams:
-        curves = [(t, summary[(t, u)]["weights_mean"]) for t in tasks if t != "speaker_ver"
+        curves = [(t, summary[(t, u)]["weights_mean"]) for t in tasks if not _untrained(t)
                   and (t, u) in summary and summary[(t, u)]["weights_mean"]
                   and len(summary[(t, u)]["weights_mean"]) > 1]
         if curves:

@@ -231,6 +231,18 @@ class CscModel(BaseFairseqModel):
         feats._extra["speaker"] = speaker
         return feats
 
+    @property
+    def has_separation_head(self) -> bool:
+        """Whether :meth:`separate` can run (False after :meth:`remove_pretraining_modules`)."""
+        return self.sep_head is not None
+
+    def separate(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The separation head's estimate of the clean target, ``N x L`` float32, from mixtures ``N x L``
+        (no masking; the probes' SI-SNR improvement report calls it in eval mode)."""
+        if not self.has_separation_head:
+            raise ValueError("this csc model has no separation head (remove_pretraining_modules dropped it)")
+        return self.forward(source, padding_mask, num_views=1, sep=True, csc=False)["est"]
+
     def set_num_updates(self, num_updates: int) -> None:
         super().set_num_updates(num_updates)  # reaches the backbone (it keys the span masks)
 

@@ -157,3 +157,53 @@ def test_task_makes_k_conditions_with_clean_target(corpus):
     np.testing.assert_array_equal(again.dataset("train")[1]["views"][2].numpy(), items[1]["views"][2].numpy())
     ds.set_epoch(2)
     assert not np.allclose(ds[1]["views"][2].numpy(), items[1]["views"][2].numpy())
+
+
+class _Counting:
+    """A numpy Generator that counts the calls of each of its methods."""
+
+    def __init__(self, rng):
+        self.rng, self.calls = rng, {"random": 0}
+
+    def __getattr__(self, name):
+        method = getattr(self.rng, name)
+
+        def counted(*args, **kwargs):
+            self.calls[name] = self.calls.get(name, 0) + 1
+            return method(*args, **kwargs)
+
+        return counted
+
+
+def test_reverb_of_the_interferer_is_optional_seeded_and_keeps_the_ratio(corpus):
+    speech = os.path.join(corpus, "train.tsv")
+    wav = target()
+    plain = Interferer(SR, speech_manifest=speech, kind="speech", sir="-5:5")
+    dry = Interferer(SR, speech_manifest=speech, kind="speech", sir="-5:5", reverb="0")
+    wet = Interferer(SR, speech_manifest=speech, kind="speech", sir="-5:5", reverb="1", rt60="0.4", drr="0")
+    for trial in range(5):
+        a, ia = plain.mix(wav, seeded_rng(4, trial), speaker="a")
+        b, _ = dry.mix(wav, seeded_rng(4, trial), speaker="a")
+        np.testing.assert_array_equal(a, b)
+        counting = _Counting(seeded_rng(4, trial))  # reverb=0 draws nothing: mixtures of earlier specs stay
+        np.testing.assert_array_equal(dry.mix(wav, counting, speaker="a")[0], b)
+        assert counting.calls["random"] == 0 and sum(counting.calls.values()) > 0
+        c, ic = wet.mix(wav, seeded_rng(4, trial), speaker="a")
+        again, _ = wet.mix(wav, seeded_rng(4, trial), speaker="a")
+        np.testing.assert_array_equal(c, again)
+        assert (ic["interferer_file"], ic["speech_span"], ic["sir"]) == (ia["interferer_file"], ia["speech_span"],
+                                                                         ia["sir"])
+        start, m = ic["speech_span"]
+        assert abs(db(wav[start:start + m], ic["speech"][start:start + m]) - ic["sir"]) < 0.1
+        x, y = ia["speech"][start:start + m], ic["speech"][start:start + m]
+        assert abs(np.dot(x, y)) / np.sqrt(np.dot(x, x) * np.dot(y, y)) < 0.99  # a reverberant copy, not a scaled one
+    noisy = Interferer(SR, kind="noise", snr="5", reverb="1")
+    _, info = noisy.mix(wav, seeded_rng(0), speaker="a")
+    start, m = info["noise_span"]
+    assert abs(db(wav[start:start + m], info["noise"][start:start + m]) - 5.0) < 0.1
+    with pytest.raises(ValueError, match="reverb"):
+        Interferer(SR, kind="noise", reverb="1.5")
+    with pytest.raises(ValueError, match="rt60"):
+        Interferer(SR, kind="noise", reverb="1", rt60="0")
+    chain = AugmentationChain.from_specs(["interferer(kind=noise,reverb=0.5,rt60=0.2:0.6)"], SR)
+    assert "reverb=0.5" in chain.specs()[0]
