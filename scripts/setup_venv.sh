@@ -12,10 +12,30 @@
 #     CUDA-linked package remains in the venv.
 #   - The plugin itself: editable, with its extras (eval: probe metrics/plots, corpus: espeak-ng, hf:
 #     transformers/safetensors formats), then the test tools of requirements-dev.txt.
+#   - Real human speech for the real-speech probes (manifests/real_dev.py, tested by tests/real_dev) comes from
+#     Debian packages: the missing ones are installed with apt-get (root, or password-less sudo), first.
 set -euo pipefail
 PY=${1:-python3}
 VENV=${2:-.venv}
 HERE=$(cd "$(dirname "$0")/.." && pwd)
+REAL_DEV_PACKAGES="hedgewars-data ktuberling-data klettres-data codec2-examples"
+missing=$(for p in $REAL_DEV_PACKAGES; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || echo -n "$p "; done)
+if [ -n "$missing" ]; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo -n"
+  if ! command -v apt-get >/dev/null || { [ -n "$SUDO" ] && ! sudo -n true 2>/dev/null; }; then
+    echo "setup: the real-speech probe set (manifests/real_dev.py) needs the Debian packages: ${missing}" >&2
+    echo "setup: cannot install them here (apt-get missing, or not root and no password-less sudo): run" >&2
+    echo "  apt-get install -y --no-install-recommends ${missing}" >&2
+    echo "as root, then rerun make setup" >&2
+    exit 1
+  fi
+  echo "setup: installing ${missing}(apt-get, for the real-speech probe set)"
+  # shellcheck disable=SC2086
+  $SUDO apt-get install -y -q --no-install-recommends $missing >/dev/null \
+    || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q --no-install-recommends $missing >/dev/null; }
+fi
 export PIP_CONSTRAINT=${PIP_CONSTRAINT:-$HERE/constraints.txt}
 if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"

@@ -6,7 +6,9 @@ one channel (unless downmixing was asked for), a sample count that differs from 
 header promises more data than the file holds (truncated copy), and NaN / Inf samples. The message names the
 manifest and its line (when the file came from one), the path, and what was expected and found. Downmixing
 stereo is a choice, so it is off by default (``downmix=True``, the tasks' ``downmix_stereo`` field) and logged
-when it acts.
+when it acts. Resampling is a choice too (``resample=True``, soxr "HQ", used by the corpus builders that
+convert source recordings to 16 kHz, never by the training tasks), and so is reading headerless PCM
+(``raw=(rate, subtype)``, e.g. codec2's 8 kHz signed 16-bit ``.raw`` files).
 
 :class:`ManifestAudioDataset` plugs the reader into fairseq's :class:`~fairseq.data.FileAudioDataset`
 (whose own ``__getitem__`` averages channels silently, names no file on a wrong rate and accepts wrong counts).
@@ -17,7 +19,8 @@ Large's ``normalize``): ``B x S -> B x S`` or ``S -> S``, over the valid samples
 import logging
 import os
 import re
-from typing import Optional
+from types import SimpleNamespace
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
@@ -57,9 +60,25 @@ def truncation(info) -> Optional[str]:
     return f"its header says {declared // align} samples, the file holds {actual // align}"
 
 
+def _raw_info(path: str, raw: Tuple[int, str]):
+    """``sf.info``'s fields for a headerless mono little-endian PCM file (libsndfile cannot guess them)."""
+    import soundfile as sf
+
+    rate, subtype = raw
+    with sf.SoundFile(path, samplerate=rate, channels=1, subtype=subtype, format="RAW", endian="LITTLE") as f:
+        frames = f.frames
+    width = {"PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "FLOAT": 4, "DOUBLE": 8}.get(subtype, 1)
+    extra = os.path.getsize(path) % width
+    return SimpleNamespace(frames=frames, samplerate=rate, channels=1, extra_info="",
+                           raw_kwargs=dict(samplerate=rate, channels=1, subtype=subtype, format="RAW",
+                                           endian="LITTLE"),
+                           partial=f"{extra} trailing bytes do not make a whole {subtype} sample" if extra else None)
+
+
 def read_audio(path: str, sample_rate: int, expected_samples: Optional[int] = None,
                manifest: Optional[str] = None, line: Optional[int] = None, downmix: bool = False,
-               start: int = 0, frames: int = -1) -> np.ndarray:
+               start: int = 0, frames: int = -1, resample: bool = False,
+               raw: Optional[Tuple[int, str]] = None) -> np.ndarray:
     """Read ``path`` (or ``frames`` samples from ``start``) as a 1-D float32 array, checked.
 
     Args:
@@ -67,12 +86,15 @@ def read_audio(path: str, sample_rate: int, expected_samples: Optional[int] = No
         expected_samples: the manifest's sample count; a different file length raises.
         manifest / line: where the path came from, for the message.
         downmix: average the channels of a multi-channel file (logged) instead of raising.
+        resample: convert a file at another rate to ``sample_rate`` (soxr "HQ") instead of raising;
+            ``expected_samples``, ``start`` and ``frames`` then count the file's own samples.
+        raw: ``(rate, subtype)`` of a headerless mono little-endian PCM file, e.g. ``(8000, "PCM_16")``.
     """
     import soundfile as sf
 
     at = where(manifest, line)
     try:
-        info = sf.info(path)
+        info = _raw_info(path, raw) if raw is not None else sf.info(path)
     except Exception as e:  # soundfile raises LibsndfileError / RuntimeError / TypeError for broken files
         if not os.path.exists(path):
             raise AudioError(f"{at}{path}: file not found") from None
@@ -81,7 +103,9 @@ def read_audio(path: str, sample_rate: int, expected_samples: Optional[int] = No
     if total <= 0:
         said = f" (the manifest says {expected_samples})" if expected_samples is not None else ""
         raise AudioError(f"{at}{path}: 0 samples (empty file): expected at least 1{said}")
-    if int(info.samplerate) != int(sample_rate):
+    if getattr(info, "partial", None):
+        raise AudioError(f"{at}{path}: truncated: {info.partial} (an interrupted copy, or not {raw})")
+    if int(info.samplerate) != int(sample_rate) and not resample:
         raise AudioError(f"{at}{path}: sample rate {info.samplerate} Hz, expected {sample_rate} Hz "
                          f"(resample the corpus and rebuild the manifest)")
     if info.channels != 1 and not downmix:
@@ -95,7 +119,8 @@ def read_audio(path: str, sample_rate: int, expected_samples: Optional[int] = No
                          f"(the file changed after the manifest was written: rebuild it with "
                          f"python -m manifests.build_manifest)")
     try:
-        wav, _ = sf.read(path, start=start, frames=frames, dtype="float32", always_2d=True)
+        wav, _ = sf.read(path, start=start, frames=frames, dtype="float32", always_2d=True,
+                         **getattr(info, "raw_kwargs", {}))
     except Exception as e:
         raise AudioError(f"{at}{path}: decoding failed: {str(e).strip() or type(e).__name__}") from None
     if frames < 0 and wav.shape[0] != total - start:
@@ -113,6 +138,10 @@ def read_audio(path: str, sample_rate: int, expected_samples: Optional[int] = No
         first = int(np.argmax(bad))
         raise AudioError(f"{at}{path}: {int(bad.sum())} non-finite samples (NaN/Inf), the first at sample "
                          f"{start + first}: expected finite audio")
+    if int(info.samplerate) != int(sample_rate):  # resample=True (checked above)
+        import soxr
+
+        wav = soxr.resample(wav, int(info.samplerate), int(sample_rate), quality="HQ").astype(np.float32)
     return np.ascontiguousarray(wav)
 
 
