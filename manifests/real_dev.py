@@ -30,11 +30,13 @@ Output (``DIR/``; manifests in fairseq's format, line 1 the root ``DIR/audio``, 
 
 - ``all.tsv`` + ``all.{src,spk,lang,wrd,orig}``: every kept utterance with its source, labels (``-`` = unknown)
   and the package file it was cut from.
-- ``speaker/``, ``language/``, ``word/``: ``{train,valid,test}.tsv`` + ``.spk`` / ``.lang`` / ``.wrd`` + ``.src``
-  and ``dict.<suffix>.txt``, the probe splits the evaluation reads (``python -m fairseq_plugins.evaluate
-  --real-dev-dir DIR --tasks real_speaker_id,real_language_id,real_word_id``). Each split is per class:
-  about 20 % test, 20 % valid, the rest train (at least one of each), so test utterances are unseen utterances of
-  classes seen in training; for speaker id the split is within speaker. Classes with fewer than
+- ``speaker/``, ``language/``, ``word/``: ``{train,valid,test}.tsv`` + the label (``.spk`` / ``.lang`` /
+  ``.wrd``), ``.src``, ``.spk`` and ``dict.<suffix>.txt``: the probe splits the evaluation reads
+  (``python -m fairseq_plugins.evaluate --real-dev-dir DIR --tasks real_speaker_id,real_language_id,real_word_id``).
+  ``word/`` also has ``.kw``, so it is a keyword folder too (``--keyword-dir DIR/word --tasks content_qbe``:
+  same-word cross-voice retrieval). Each split is per class: about 20 % test, 20 % valid, the rest train (at
+  least one of each), so test utterances are unseen utterances of classes seen in training; for speaker id the
+  split is within speaker. Classes with fewer than
   ``--min-per-class`` utterances are left out of a task; classes above ``--max-per-class`` are subsampled.
   Which utterances enter which task: :data:`TASKS`.
 - ``rejected.tsv`` (``path<TAB>reason``), ``summary.json`` / ``summary.md`` (counts per source and label).
@@ -450,7 +452,10 @@ def build_real_dev(out: str, opts: Options) -> Dict:
             summary["tasks"][task] = {"classes": 0, "dropped_classes": sp["dropped"]}
             continue
         for name, indices in sp["parts"].items():
-            _write_split(d, name, audio_dir, utts, indices, {suffix: attr, "src": "source"})
+            fields = {suffix: attr, "src": "source", "spk": "speaker"}
+            if task == "word":  # also a keyword folder: content_qbe reads .kw + .spk (same words, other voices)
+                fields["kw"] = "word"
+            _write_split(d, name, audio_dir, utts, indices, fields)
         counts = Counter(getattr(utts[i], attr) for i in sp["parts"]["train"])
         write_lines(os.path.join(d, f"dict.{suffix}.txt"), [f"{c} {counts[c]}" for c in classes])
         per_class = {c: [0, 0, 0] for c in classes}

@@ -220,6 +220,14 @@ def test_real_tasks_read_the_labels_of_their_folder(subset):
             assert part.split.tsv == os.path.join(out, key, f"{name}.tsv")
             assert [data.extra["classes"][t] for t in part.targets] == \
                 read_lines(os.path.join(out, key, f"{name}.{suffix}"))
+    # the word folder is a keyword folder too: same words said by other voices, for content_qbe
+    cfg.keyword_dir = os.path.join(out, "word")
+    qbe = load_task("content_qbe", cfg)
+    for name, part in (("valid", qbe.valid), ("test", qbe.test)):
+        words = read_lines(os.path.join(out, "word", f"{name}.wrd"))
+        speakers = read_lines(os.path.join(out, "word", f"{name}.spk"))
+        assert part.targets == list(zip(words, speakers)) and len(set(speakers)) > 1
+        assert all(s.startswith("hedgewars/") for s in speakers)
 
 
 @pytest.mark.slow
