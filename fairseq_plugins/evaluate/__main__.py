@@ -9,7 +9,9 @@ import os
 import sys
 from typing import Dict, List, Optional
 
+from fairseq_plugins.evaluate.interference import parse_conditions
 from fairseq_plugins.evaluate.pipeline import (
+    ALL_TASKS,
     DEFAULT_PROBES,
     DEFAULT_SPLITS,
     SV_WEIGHTS,
@@ -39,6 +41,13 @@ def _csv_list(text: str, allowed, what: str) -> List[str]:
     if bad:
         raise argparse.ArgumentTypeError(f"unknown {what} {', '.join(bad)}; choose from {', '.join(allowed)}")
     return items
+
+
+def _interference(text: str) -> List[str]:
+    try:
+        return [c.name for c in parse_conditions(text)]
+    except ValueError as e:  # argparse shows only an ArgumentTypeError's own message
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _probe_overrides(specs: List[str]) -> Dict[str, ProbeConfig]:
@@ -91,8 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
                         ".spk, .utt, dict.phn.txt, dict.phn50.txt, test.trials), e.g. the mini corpus's manifest/")
     p.add_argument("--out", required=True, help="output directory for the table, plots, results.jsonl and "
                                                 "the synthesised keyword/clip sets (OUT/data/)")
-    p.add_argument("--tasks", type=lambda s: _csv_list(s, TASKS, "task"), default=list(TASKS),
-                   help=f"comma-separated tasks (default: all: {','.join(TASKS)})")
+    p.add_argument("--tasks", type=lambda s: _csv_list(s, ALL_TASKS, "task"), default=list(TASKS),
+                   help=f"comma-separated tasks (default: {','.join(TASKS)}; also: separation, the SI-SNR "
+                        f"improvement of a model's separation head on held-out mixtures)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                    help="probe seeds (initialisation and batch order); the table reports mean ± std over them "
                         "(default: 0 1 2)")
@@ -128,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip-dir", default=None,
                    help="clip manifests {train,valid,test}.tsv + .cls, needed by the clip task: build them with "
                         "python -m manifests.clips --out DIR")
+    p.add_argument("--real-dev-dir", default=None,
+                   help="real human speech for the real_speaker_id, real_language_id and real_word_id tasks "
+                        "(not run by default): the folder built by python -m manifests.real_dev --out DIR")
     p.add_argument("--random-init-seed", type=int, default=0,
                    help="seed of the random-init baseline's weights (fixed across probe seeds; default: 0)")
     p.add_argument("--no-cache", action="store_true",
@@ -140,6 +153,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu",
                    help="torch device of the upstream forward passes, e.g. cuda (default: cpu); probes train on "
                         "the CPU from the cached features")
+    p.add_argument("--interference", type=_interference, default=[],
+                   metavar="COND,...",
+                   help="interfered speaker-verification trials, one speaker_ver@COND row each (the clean trial "
+                        "list, test side mixed; needs speaker_ver), and the separation task's conditions: "
+                        "speech:SIR_DB (another held-out speaker), noise:SNR_DB (--noise-manifest), both:SIR:SNR; "
+                        "e.g. speech:0,noise:5")
+    p.add_argument("--interference-seed", type=int, default=0,
+                   help="seed of the interference mixtures (fixed across probe seeds; default: 0)")
+    p.add_argument("--noise-manifest", default=None,
+                   help="fairseq TSV of noise files for noise conditions (default: MANIFEST_DIR/noise.tsv)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging (per-epoch probe losses)")
     return p
 
@@ -150,10 +173,11 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
         manifest_dir=args.manifest_dir, out_dir=args.out, checkpoints=checkpoints, tasks=args.tasks,
         seeds=args.seeds, baselines=args.baselines, epochs=args.epochs, probes=_probe_overrides(args.probe),
         splits=_split_overrides(args.split_map), trials=args.trials, sv_weights=args.sv_weights,
-        keyword_dir=args.keyword_dir, clip_dir=args.clip_dir,
+        keyword_dir=args.keyword_dir, clip_dir=args.clip_dir, real_dev_dir=args.real_dev_dir,
         random_init_seed=args.random_init_seed, user_dir=args.user_dir, cache=not args.no_cache,
         cache_dtype=args.cache_dtype, num_threads=args.num_threads,
-        device=args.device)
+        device=args.device, interference=args.interference, interference_seed=args.interference_seed,
+        noise_manifest=args.noise_manifest)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -22,6 +22,12 @@ Tasks (the test split is scored once per run, with the best-validation probe; RE
 - ``content_qbe``: the keyword set's ``valid/test`` + ``.kw`` + ``.spk`` (``--keyword-dir``, synthesised when not
   given); no training: same-text cross-speaker retrieval with DTW over frame features; MAP in % of the layer
   best on valid.
+- ``real_speaker_id``, ``real_language_id``, ``real_word_id``: ``--real-dev-dir`` (``python -m manifests.real_dev``)
+  ``speaker|language|word/{train,valid,test}.tsv`` + ``.spk|.lang|.wrd``, real human speech
+  (:mod:`.real_speech`); mean pooling + linear; accuracy.
+- ``separation``: manifest ``test`` + ``.spk``; no training: SI-SNR improvement (dB) of the model's separation
+  head on held-out mixtures, one row per ``--interference`` condition (:mod:`.interference`, which also adds
+  ``speaker_ver@COND`` rows: EER on interfered trials).
 """
 import json
 import logging
@@ -33,7 +39,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from fairseq_plugins.evaluate import probes
+from fairseq_plugins.evaluate import interference, probes, real_speech
 from fairseq_plugins.evaluate.data import (
     FeatureStore,
     NonFiniteError,
@@ -56,6 +62,8 @@ from fairseq_plugins.evaluate.upstream import (
 logger = logging.getLogger(__name__)
 
 TASKS = ("phone_ctc", "phone_frame", "speaker_id", "speaker_ver", "keyword", "clip", "content_qbe")
+ALL_TASKS = TASKS + interference.OWN_TASKS  # the default run is TASKS; "separation" only when asked for
+ALL_TASKS += real_speech.TASKS  # real human speech (--real-dev-dir), only when asked for
 # task -> (metric name, higher is better)
 METRICS: Dict[str, Tuple[str, bool]] = {
     "phone_ctc": ("PER", False),
@@ -65,6 +73,8 @@ METRICS: Dict[str, Tuple[str, bool]] = {
     "keyword": ("accuracy", True),
     "clip": ("accuracy", True),
     "content_qbe": ("MAP", True),
+    **real_speech.METRICS,
+    "separation": interference.SEPARATION_METRIC,  # SI-SNRi in dB, one row per condition (interference.py)
 }
 # Default probe budgets, sized so the mini corpus run takes minutes on one CPU core (see README).
 # phone_ctc uses a small BiLSTM head: a linear CTC head (SUPERB PR, `--probe phone_ctc.head=linear`) needs far
@@ -75,11 +85,13 @@ DEFAULT_PROBES: Dict[str, ProbeConfig] = {
     "speaker_id": ProbeConfig(epochs=100, lr=1e-2, batch_size=16, weight_decay=1e-3),
     "keyword": ProbeConfig(epochs=80, lr=1e-2, batch_size=32, weight_decay=1e-4),
     "clip": ProbeConfig(epochs=80, lr=1e-2, batch_size=32, weight_decay=1e-4),
+    **real_speech.PROBES,
 }
 DEFAULT_SPLITS = {"phone_ctc": ("train", "valid", "test"), "phone_frame": ("train", "valid", "test"),
                   "speaker_id": ("train", "valid", "auto"), "speaker_ver": ("train", "", "test"),
                   "keyword": ("train", "valid", "test"), "clip": ("train", "valid", "test"),
-                  "content_qbe": ("", "valid", "test")}
+                  "content_qbe": ("", "valid", "test"), "separation": ("", "", "test")}
+DEFAULT_SPLITS.update(real_speech.SPLITS)
 SV_WEIGHTS = ("speaker_id", "uniform", "last")
 
 
@@ -100,12 +112,16 @@ class EvalConfig:
     sv_weights: str = "speaker_id"
     keyword_dir: Optional[str] = None  # keyword / content_qbe manifests (train,valid,test .tsv + .kw [+ .spk])
     clip_dir: Optional[str] = None  # clip manifests (train,valid,test .tsv + .cls)
+    real_dev_dir: Optional[str] = None  # python -m manifests.real_dev output (speaker/ language/ word/)
     random_init_seed: int = 0
     user_dir: Optional[str] = None
     cache: bool = True
     cache_dtype: str = "float32"
     num_threads: int = 1
     device: str = "cpu"  # where the upstream runs; probes train on the CPU
+    interference: List[str] = field(default_factory=list)  # conditions, e.g. ["speech:0", "noise:5"]
+    interference_seed: int = 0  # seeds the mixtures (fixed across probe seeds)
+    noise_manifest: Optional[str] = None  # default MANIFEST_DIR/noise.tsv
 
     def probe(self, task: str) -> ProbeConfig:
         cfg = self.probes.get(task, ProbeConfig())
@@ -226,6 +242,9 @@ def load_task(task: str, cfg: EvalConfig) -> TaskData:
         train = Split(md, tr) if tr else test
         return TaskData(task, _whole(train, [None] * len(train)), None,
                         _whole(test, [None] * len(test)), 0, {"trials": trials, "trials_path": trials_path})
+    if task == "separation":  # held-out mixtures of TEST's utterances, made by interference.py
+        test = Split(md, te)
+        return TaskData(task, _whole(test, test.side("spk")), None, _whole(test, test.side("spk")), 0, {})
     if task == "content_qbe":  # the keyword set: the same words said by different voices
         directory = _data_dir(task, cfg.keyword_dir, "--keyword-dir", KEYWORD_HINT)
         parts = []
@@ -239,6 +258,10 @@ def load_task(task: str, cfg: EvalConfig) -> TaskData:
     if task == "clip":
         directory = _data_dir(task, cfg.clip_dir, "--clip-dir", CLIP_HINT)
         return _classification(task, directory, (tr, va, te), "cls")
+    if task in real_speech.TASKS:
+        folder, suffix = real_speech.task_folder(
+            task, _data_dir(task, cfg.real_dev_dir, "--real-dev-dir", real_speech.HINT))
+        return _classification(task, folder, (tr, va, te), suffix)
     raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
 
 
@@ -276,7 +299,7 @@ def run_task(data: TaskData, store: FeatureStore, cfg: ProbeConfig, seed: int,
         out = probes.train_frame_classifier(
             *[(_feats(store, p), p.targets) for p in (data.train, data.valid, data.test)],
             num_classes=data.num_classes, cfg=cfg, seed=seed, tag=tag)
-    elif data.name in ("speaker_id", "keyword", "clip"):
+    elif data.name in ("speaker_id", "keyword", "clip") + real_speech.TASKS:
         out = probes.train_pooled_classifier(
             *[(_pooled(store, p), torch.tensor(p.targets, dtype=torch.long))
               for p in (data.train, data.valid, data.test)],
@@ -346,9 +369,10 @@ def run_evaluation(cfg: EvalConfig) -> List[Dict]:
     t_start = time.time()
     torch.set_num_threads(max(1, cfg.num_threads))
     for t in cfg.tasks:
-        if t not in TASKS:
-            raise ValueError(f"unknown task {t!r}; expected some of {', '.join(TASKS)}")
-    tasks = sorted(cfg.tasks, key=TASKS.index)  # speaker_id before speaker_ver
+        if t not in ALL_TASKS:
+            raise ValueError(f"unknown task {t!r}; expected some of {', '.join(ALL_TASKS)}")
+    tasks = sorted(cfg.tasks, key=ALL_TASKS.index)  # speaker_id before speaker_ver
+    interference.check(cfg, tasks)
     import_user_dir(cfg.user_dir)
     plan = _upstream_plan(cfg)
     os.makedirs(cfg.out_dir, exist_ok=True)
@@ -374,7 +398,7 @@ def run_evaluation(cfg: EvalConfig) -> List[Dict]:
         t_up = time.time()
         upstream_info[up.name] = dict(up.info, num_layers=up.num_layers)
         sid_weights: Dict[int, List[float]] = {}
-        for task in tasks:
+        for task in (t for t in tasks if t not in interference.OWN_TASKS):
             data = datas[task]
             metric, higher = METRICS[task]
             for seed in cfg.seeds:
@@ -397,6 +421,9 @@ def run_evaluation(cfg: EvalConfig) -> List[Dict]:
                 logger.info("%s %s seed %d: %s %.4f (valid %s, best epoch %s/%s) in %.1f s", up.name, task,
                             seed, metric, row["value"], _fmt(row.get("valid")), row.get("best_epoch", "-"),
                             row.get("epochs_run", "-"), row["seconds"])
+        for row in interference.upstream_rows(cfg, up, store, datas, results):
+            check_finite_row(row)
+            results.append(row)
         upstream_info[up.name]["extract_seconds"] = round(store.seconds, 2)
         upstream_info[up.name]["audio_seconds"] = round(store.audio_seconds, 2)
         logger.info("%s done in %.1f s (feature extraction %.1f s for %.0f s of audio)", up.name,
@@ -406,11 +433,13 @@ def run_evaluation(cfg: EvalConfig) -> List[Dict]:
     order = [n for n, _ in plan]
     meta = {"tasks": tasks, "upstreams": order, "seeds": cfg.seeds, "upstream_info": upstream_info,
             "manifest_dir": os.path.abspath(cfg.manifest_dir), "seconds": round(time.time() - t_start, 1),
-            "probes": {t: cfg.probe(t).to_dict() for t in tasks if t != "speaker_ver"},
-            "sv_weights": cfg.sv_weights, "splits": {t: list(cfg.splits[t]) for t in tasks}}
+            "probes": {t: cfg.probe(t).to_dict() for t in tasks if t not in ("speaker_ver", *interference.OWN_TASKS)},
+            "sv_weights": cfg.sv_weights, "splits": {t: list(cfg.splits[t]) for t in tasks},
+            "interference": cfg.interference, "interference_seed": cfg.interference_seed}
     _write_atomic(results_path, "".join(json.dumps(row) + "\n" for row in results))
     _write_atomic(os.path.join(cfg.out_dir, "run.json"), json.dumps(meta, indent=1) + "\n")
-    report.write_report(results, cfg.out_dir, upstreams=order, tasks=tasks, metrics=METRICS)
+    report.write_report(results, cfg.out_dir, upstreams=order, tasks=interference.report_tasks(tasks, cfg),
+                        metrics=interference.report_metrics(cfg, METRICS))
     logger.info("evaluation finished in %.1f s; table in %s", time.time() - t_start,
                 os.path.join(cfg.out_dir, "table.md"))
     return results
