@@ -10,7 +10,10 @@ VPY := $(abspath $(VENV))/bin/python
 export PIP_CONSTRAINT := $(abspath constraints.txt)
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint test-fast clean-demo
+SUITE ?= main
+EVIDENCE_OUT ?= evidence_out
+
+.PHONY: setup demo test lint test-fast clean-demo evidence
 
 setup: $(STAMP)
 
@@ -29,6 +32,11 @@ test-fast: setup
 
 demo: setup
 	bash scripts/demo.sh "$(VPY)"
+
+# `make evidence` (SUITE=main|mgf|csc|slicer|simsiam_recon): train the suite's runs at its fixed budget, probe
+# them, and replace the suite's section of EVIDENCE.md; re-running resumes (finished steps are not redone)
+evidence: setup
+	$(VPY) -m evidence --suite $(SUITE) --out $(EVIDENCE_OUT) --evidence-md EVIDENCE.md
 
 clean-demo:
 	rm -rf demo_out

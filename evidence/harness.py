@@ -48,6 +48,7 @@ DATA_DEFAULTS: Dict[str, Dict] = {
     "probe": {"seed": 1, "minutes": 12.0, "num_speakers": 48, "args": []},
     "keywords": {"seed": 1, "repeats": 4},
     "clips": {"seed": 1, "per_class": [48, 12, 24]},
+    "real_dev": {"seed": 0},  # real human speech from Debian packages (python -m manifests.real_dev)
 }
 SUITE_KEYS = {"name", "title", "question", "data", "seeds", "probe_seeds", "tasks", "baselines", "eval_args",
               "runs", "jobs"}
@@ -111,7 +112,7 @@ def _int_list(d: Dict, key: str, where: str) -> List[int]:
 
 def load_suite(path: str) -> Suite:
     """Read and check a suite file; every problem is a :class:`SuiteError` naming the file and the field."""
-    from fairseq_plugins.evaluate.pipeline import TASKS
+    from fairseq_plugins.evaluate.pipeline import ALL_TASKS as TASKS
     from fairseq_plugins.evaluate.upstream import BASELINES
 
     try:
@@ -147,6 +148,8 @@ def load_suite(path: str) -> Suite:
         data.setdefault("keywords", dict(DATA_DEFAULTS["keywords"]))
     if "clip" in tasks:
         data.setdefault("clips", dict(DATA_DEFAULTS["clips"]))
+    if any(t.startswith("real_") for t in tasks):
+        data.setdefault("real_dev", dict(DATA_DEFAULTS["real_dev"]))
     baselines = doc.get("baselines", list(BASELINES))
     if not isinstance(baselines, list) or any(b not in BASELINES for b in baselines):
         raise SuiteError(f"{path}: baselines: expected a list from {', '.join(BASELINES)}, got {baselines!r}")
@@ -336,6 +339,8 @@ def data_steps(suite: Suite, out: str) -> Tuple[List[Step], Dict[str, str]]:
         elif key == "probe":
             cmds = [[py, "-m", "manifests.mini_corpus", "--out", d, "--seed", str(p["seed"]), "--minutes",
                      str(p["minutes"]), "--num-speakers", str(p["num_speakers"]), *map(str, p["args"])]]
+        elif key == "real_dev":
+            cmds = [[py, "-m", "manifests.real_dev", "--out", d, "--seed", str(p["seed"])]]
         elif key == "keywords":
             cmds = [[py, "-m", "manifests.keywords", "--out", d, "--seed", str(p["seed"]), "--repeats",
                      str(p["repeats"])]]
@@ -404,6 +409,8 @@ def plan(suite: Suite, out: str) -> Tuple[List[Step], List[Tuple[str, str]]]:
                 cmd += ["--keyword-dir", where["keywords"]]
             if "clips" in where:
                 cmd += ["--clip-dir", where["clips"]]
+            if "real_dev" in where:
+                cmd += ["--real-dev-dir", where["real_dev"]]
             cmd += suite.eval_args
             eval_steps.append(Step(key=f"probe {upstream}", directory=os.path.join(ed, ".harness"),
                                    commands=[cmd], needs=[key] + data_keys))

@@ -160,3 +160,37 @@ runs:
     stamp = os.path.getmtime(os.path.join(out, "tiny", "runs", "laser_s1", ".harness", "done.json"))
     assert harness.main(["--suite", suite, "--out", out]) == 0
     assert os.path.getmtime(os.path.join(out, "tiny", "runs", "laser_s1", ".harness", "done.json")) == stamp
+
+
+def _compose_example():
+    """tests/test_example_configs.py's validating composer (one home for composing an example YAML)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "example_configs", os.path.join(REPO, "tests", "test_example_configs.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.compose_example
+
+
+SUITES = sorted(f for f in os.listdir(os.path.join(REPO, "evidence", "suites")) if f.endswith(".yaml"))
+
+
+@pytest.mark.parametrize("suite_file", SUITES)
+def test_every_run_of_the_shipped_suites_composes(suite_file, tmp_path):
+    """Each run's config + overrides composes against fairseq's schema and the registered dataclasses (a misspelt
+    override fails here, not an hour into an evidence run)."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    compose = _compose_example()
+    suite = load_suite(os.path.join(REPO, "evidence", "suites", suite_file))
+    for run in suite.runs:
+        overrides = {}
+        for o in run.overrides:
+            key, _, value = o.lstrip("+").partition("=")
+            value = harness.PLACEHOLDER.sub("/placeholder", value)
+            overrides[key] = yaml.safe_load(value) if value else value
+        cfg = compose(os.path.join(REPO, run.config), dict(overrides, **{"optimization.max_update": run.updates}))
+        for key, value in overrides.items():
+            assert OmegaConf.select(cfg, key) == value, f"{suite_file}: run {run.name}: {key} not applied"
