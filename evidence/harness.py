@@ -473,7 +473,9 @@ def write_report(suite: Suite, out: str, rows: Sequence[Dict], results: Dict[str
         over = " ".join(o for o in run.overrides if "{" not in o) or "–"
         lines.append(f"| {run.name} | {run.config} | {run.updates} | `{over}` | "
                      f"{', '.join(f'{w:.0f}' if w is not None else '?' for w in walls)} |")
-    lines += ["", "Command: `" + " ".join(["python -m evidence", *argv]) + "` (suite file "
+    shown = ["OUT" if os.path.abspath(a) == os.path.abspath(out) else
+             os.path.relpath(a, REPO) if os.path.isabs(a) and a.startswith(REPO + os.sep) else a for a in argv]
+    lines += ["", "Command: `" + " ".join(["python -m evidence", *shown]) + "` (suite file "
               f"`{os.path.relpath(suite.path, REPO)}`; the per-step commands are in "
               "`OUT/<suite>/runs/*/.harness/done.json` and `OUT/<suite>/eval/*/.harness/done.json`).", ""]
     text = "\n".join(lines) + "\n"

@@ -5,8 +5,8 @@ import os
 import re
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SKIP_DIRS = {".git", ".venv", "demo_out", "build", "outputs", "multirun", "__pycache__", ".pytest_cache",
-             ".ruff_cache"}
+SKIP_DIRS = {".git", ".venv", "demo_out", "evidence_out", "build", "outputs", "multirun", "__pycache__",
+             ".pytest_cache", ".ruff_cache"}
 TEXT_SUFFIXES = (".py", ".md", ".yaml", ".yml", ".sh", ".txt", ".toml", ".cfg", ".cpp", ".ini")
 # spelled in pieces so that this file does not match itself
 FORBIDDEN = ["METHODS" + ".md", "/work/" + "shared", "/work/" + "main"]
