@@ -467,7 +467,8 @@ def write_report(suite: Suite, out: str, rows: Sequence[Dict], results: Dict[str
               f"Pre-training seeds {' '.join(map(str, suite.seeds))}; probe seeds "
               f"{' '.join(map(str, suite.probe_seeds))}.", "",
               pool_seeds.markdown(rows).rstrip(), "",
-              "| run | config | updates | overrides | train wall time per seed (s) |", "|---|---|---|---|---|"]
+              "| run | config | updates | overrides | train wall time per seed (s; the last part of a resumed run) |",
+              "|---|---|---|---|---|"]
     for run in suite.runs:
         walls = [results.get(f"train {run.name}_s{s}", {}).get("wall_s") for s in suite.seeds]
         over = " ".join(o for o in run.overrides if "{" not in o) or "–"
