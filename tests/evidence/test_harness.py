@@ -38,10 +38,11 @@ def test_every_shipped_suite_loads_and_plans(tmp_path):
         suite = load_suite(os.path.join(REPO, "evidence", "suites", f))
         steps, evals = harness.plan(suite, str(tmp_path))
         assert len(evals) == len(suite.runs) * len(suite.seeds)
-        # the first probe step carries the floors, the others none
+        # the first probe step carries the suite's floors (if it asks for any), the others none
         probes = [s for s in steps if s.key.startswith("probe ")]
-        assert "none" not in probes[0].commands[0][probes[0].commands[0].index("--baselines") + 1]
-        assert all(p.commands[0][p.commands[0].index("--baselines") + 1] == "none" for p in probes[1:])
+        floors = [p.commands[0][p.commands[0].index("--baselines") + 1] for p in probes]
+        assert floors[0] == (",".join(suite.baselines) or "none"), (f, floors[0])
+        assert all(x == "none" for x in floors[1:]), f
 
 
 def test_like_inherits_and_run_placeholder_resolves(tmp_path):
