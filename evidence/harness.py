@@ -103,6 +103,12 @@ def _need(d: Dict, key: str, where: str, kind=None):
     return d[key]
 
 
+def _known_fields(d: Dict, known, where: str) -> None:
+    unknown = set(d) - set(known)
+    if unknown:
+        raise SuiteError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
+
+
 def _int_list(d: Dict, key: str, where: str) -> List[int]:
     v = _need(d, key, where, list)
     if not v or not all(isinstance(x, int) and not isinstance(x, bool) for x in v):
@@ -124,10 +130,7 @@ def load_suite(path: str) -> Suite:
         raise SuiteError(f"{path}: not valid YAML ({e})") from e
     if not isinstance(doc, dict):
         raise SuiteError(f"{path}: expected a mapping at the top level")
-    unknown = set(doc) - SUITE_KEYS
-    if unknown:
-        raise SuiteError(f"{path}: unknown field(s) {', '.join(sorted(unknown))}; "
-                         f"known: {', '.join(sorted(SUITE_KEYS))}")
+    _known_fields(doc, SUITE_KEYS, path)
     data = {}
     for key, params in (doc.get("data") or {}).items():
         if key not in DATA_DEFAULTS:
@@ -160,10 +163,7 @@ def load_suite(path: str) -> Suite:
         where = f"{path}: runs[{i}]"
         if not isinstance(raw, dict):
             raise SuiteError(f"{where}: expected a mapping")
-        unknown = set(raw) - RUN_KEYS
-        if unknown:
-            raise SuiteError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}; "
-                             f"known: {', '.join(sorted(RUN_KEYS))}")
+        _known_fields(raw, RUN_KEYS, where)
         name = _need(raw, "name", where, str)
         where = f"{path}: run {name!r}"
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]*(_[A-Za-z0-9.-]+)*", name) or re.search(r"_s\d+$", name):
@@ -194,8 +194,8 @@ def load_suite(path: str) -> Suite:
                         about=str(merged.get("about", ""))))
     names = [r.name for r in runs]
     for r in runs:
-        for dep in r.needs():
-            if dep not in names or names.index(dep) >= names.index(r.name) and dep != r.name:
+        for dep in r.needs():  # a run names itself through its default probe path; any other run must come first
+            if dep != r.name and (dep not in names or names.index(dep) > names.index(r.name)):
                 raise SuiteError(f"{path}: run {r.name!r}: {{run:{dep}}} must name an earlier run of this suite")
     eval_args = doc.get("eval_args") or []
     if not all(isinstance(x, str) for x in eval_args):
