@@ -262,7 +262,7 @@ def load_task(task: str, cfg: EvalConfig) -> TaskData:
         folder, suffix = real_speech.task_folder(
             task, _data_dir(task, cfg.real_dev_dir, "--real-dev-dir", real_speech.HINT))
         return _classification(task, folder, (tr, va, te), suffix)
-    raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    raise ValueError(f"unknown task {task!r}; expected one of {', '.join(ALL_TASKS)}")
 
 
 # ------------------------------------------------------------------------------------------------------
