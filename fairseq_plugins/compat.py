@@ -56,8 +56,9 @@ Elsewhere (fairseq behaviours the plugin works around where it uses them):
   passes ``common.user_dir`` so it cannot be forgotten.
 - Loading a checkpoint does not import the user dir: ``evaluate/upstream.py`` and ``inspect_checkpoint.py``
   call ``fairseq.utils.import_user_module`` first.
-- Importing fairseq configures the root logger at DEBUG: ``evaluate/__main__.py`` reconfigures logging
-  (``force=True``), ``data/augment.py`` quiets numba.
+- Importing fairseq configures the root logger at DEBUG (numba's JIT then logs its bytecode, hundreds of lines):
+  every command-line tool of the package calls :func:`cli_logging`, ``data/augment.py`` quiets
+  numba for training.
 - fairseq and the WavLM authors ``eval()`` the ``conv_feature_layers`` string of a checkpoint:
   ``modules/wavlm.py`` (``parse_conv_feature_layers``) parses it without eval (a release file is untrusted).
 - Config-level: fairseq's CTC channel masking raises "this should never happens" when a batch draws no span
@@ -70,11 +71,31 @@ import argparse
 import logging
 import os
 import pickle
+import sys
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
 logger = logging.getLogger(__name__)
+
+CLI_LOG_FORMAT = "%(asctime)s | %(levelname)s | %(name)s | %(message)s"  # fairseq's own
+
+
+def cli_logging(level: int = logging.INFO, verbose: bool = False) -> None:
+    """The one logging set-up of the package's command-line tools: ``level`` (DEBUG with ``verbose``) on stderr
+    in fairseq's format. Importing fairseq installed a plain stream handler on the root logger at DEBUG (so a
+    ``basicConfig`` would do nothing); this replaces every plain ``StreamHandler`` of the root (handlers of other
+    kinds, e.g. pytest's capture, stay) and keeps numba's and matplotlib's chatter at WARNING."""
+    root = logging.getLogger()
+    for h in [h for h in root.handlers if type(h) is logging.StreamHandler]:
+        root.removeHandler(h)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(CLI_LOG_FORMAT))
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else level)
+    for noisy in ("numba", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
 
 TRUST_HINT = (
     "If you trust this file and its origin, load it with "

@@ -30,6 +30,8 @@ from typing import Dict, Optional
 
 import torch
 
+from fairseq_plugins.compat import cli_logging
+
 logger = logging.getLogger(__name__)
 FORMATS = ("fairseq", "hf", "safetensors")
 
@@ -123,7 +125,7 @@ def main(argv=None) -> int:
     p.add_argument("--atol", type=float, default=1e-5,
                    help="hf format: largest hidden-state difference accepted by the fresh-process check")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s | %(name)s | %(message)s")
+    cli_logging()
     try:
         info = export(args.checkpoint, args.out, args.original, args.format, args.atol)
     except (BackboneCheckpointError, UnsafeCheckpointError, FileNotFoundError) as e:

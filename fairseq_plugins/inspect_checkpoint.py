@@ -22,6 +22,8 @@ from typing import Any, Dict, Optional
 
 import torch
 
+from fairseq_plugins.compat import cli_logging
+
 PLUGIN_DIR = os.path.dirname(os.path.abspath(__file__))
 logger = logging.getLogger(__name__)
 
@@ -87,7 +89,7 @@ def main(argv=None) -> int:
     p.add_argument("checkpoint", help="a checkpoint (.pt) or a folder exported with --format safetensors")
     p.add_argument("--wav", help="optional 16 kHz mono wav to run through extract_features")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
+    cli_logging(logging.WARNING)
     try:
         info = describe(args.checkpoint, args.wav)
     except (BackboneCheckpointError, UnsafeCheckpointError, FileNotFoundError) as e:

@@ -17,6 +17,8 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
+from fairseq_plugins.compat import cli_logging
+
 logger = logging.getLogger(__name__)
 
 _INNER = re.compile(r"\[train_inner\].* loss=([-\d.eE+]+).*num_updates=(\d+)")
@@ -109,8 +111,7 @@ def main(argv=None) -> int:
     p.add_argument("--log", help="fairseq training log (log_format simple) for the loss curves")
     p.add_argument("--out", required=True, help="output PNG")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    cli_logging(logging.WARNING)
     e, info = pair_alignment(args.checkpoint, args.manifest_dir, args.split, args.index)
     curves = parse_fairseq_log(args.log) if args.log else None
     print(f"wrote {plot(e, info, curves, args.out)} (divergence {info['divergence']:.3f}, frames {info['frames']})")

@@ -24,6 +24,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from fairseq_plugins.compat import cli_logging
 from fairseq_plugins.data.audio import truncation
 from fairseq_plugins.data.manifest_io import (
     ManifestError,
@@ -521,7 +522,7 @@ def get_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = get_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s")
+    cli_logging()
     try:
         report = build_manifest(
             args.root, args.dest, ext=args.ext, valid_percent=args.valid_percent, seed=args.seed,

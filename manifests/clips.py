@@ -32,6 +32,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from fairseq_plugins.compat import cli_logging
 from fairseq_plugins.data.manifest_io import write_dictionary, write_lines, write_manifest
 
 logger = logging.getLogger(__name__)
@@ -211,7 +212,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--classes", default=",".join(CLASSES),
                    help=f"comma-separated subset of the classes (default: all: {','.join(CLASSES)})")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cli_logging()
     try:
         summary = ensure_clips(args.out, seed=args.seed, per_class=tuple(args.per_class),
                                classes=tuple(c for c in args.classes.split(",") if c))

@@ -26,6 +26,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from fairseq_plugins.compat import cli_logging
 from fairseq_plugins.data.audio import read_audio
 from fairseq_plugins.data.manifest_io import read_manifest_entries, write_dictionary, write_lines
 
@@ -204,7 +205,7 @@ def main(argv=None) -> int:
                    help="with --checkpoint: the transformer layer to cluster, 1-based (HuBERT-Base's recipe: 6 of "
                         "12; a middle layer)")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s")
+    cli_logging()
     if (args.checkpoint is None) != (args.layer is None):
         p.error("--checkpoint and --layer go together (iteration 2) or are both left out (iteration 1: MFCC)")
     try:

@@ -35,6 +35,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from fairseq_plugins.compat import cli_logging
 from fairseq_plugins.data.manifest_io import write_dictionary, write_lines, write_manifest
 
 logger = logging.getLogger(__name__)
@@ -293,8 +294,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                         "(speech_commands_test_set_v0.01) used as the test split")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cli_logging(verbose=args.verbose)
     keywords = tuple(k for k in args.keywords.split(",") if k)
     try:
         if args.speech_commands:

@@ -32,6 +32,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from fairseq_plugins.compat import cli_logging
 from fairseq_plugins.data.manifest_io import words_to_letters, write_dictionary, write_lines, write_manifest
 from manifests.trials import make_trials
 
@@ -605,8 +606,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help=f"volume range, espeak-ng 0-200 (default: {VOLUME[0]} {VOLUME[1]})")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cli_logging(verbose=args.verbose)
     try:
         summary = build_mini_corpus(args.out, seed=args.seed, minutes=args.minutes,
                                     num_speakers=args.num_speakers, num_noise=args.num_noise,

@@ -58,6 +58,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from fairseq_plugins.compat import cli_logging
 from fairseq_plugins.data.audio import AudioError, read_audio
 from fairseq_plugins.data.manifest_io import write_lines, write_manifest
 from fairseq_plugins.evaluate.data import carve_per_class, stable_order
@@ -554,8 +555,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                         "piece under 1 s is dropped)")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
+    cli_logging(verbose=args.verbose)
     logging.getLogger("fairseq_plugins.data.audio").setLevel(logging.ERROR)  # stereo packs: downmix is intended
     try:
         sources = [s.strip() for s in args.sources.split(",") if s.strip()]

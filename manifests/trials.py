@@ -15,6 +15,7 @@ import sys
 from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence, Set, Tuple
 
+from fairseq_plugins.compat import cli_logging
 from fairseq_plugins.data.manifest_io import ManifestError, read_lines, read_manifest, write_lines
 
 logger = logging.getLogger(__name__)
@@ -163,7 +164,7 @@ def get_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = get_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s")
+    cli_logging()
     try:
         build_trials(args.manifest_dir, args.split, args.num_trials, args.seed, args.output)
     except (ManifestError, OSError) as e:

@@ -9,6 +9,7 @@ import os
 import sys
 from typing import Dict, List, Optional
 
+from fairseq_plugins.compat import cli_logging
 from fairseq_plugins.evaluate.interference import parse_conditions
 from fairseq_plugins.evaluate.pipeline import (
     ALL_TASKS,
@@ -183,10 +184,7 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr,
-                        force=True)  # importing fairseq already configured the root logger (at DEBUG)
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    cli_logging(verbose=args.verbose)
     if not args.verbose:  # fairseq's task/model set-up is chatty at INFO
         logging.getLogger("fairseq").setLevel(logging.WARNING)
     try:

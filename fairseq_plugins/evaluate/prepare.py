@@ -24,6 +24,7 @@ import sys
 from collections import Counter
 from typing import Dict, List, Optional, Sequence
 
+from fairseq_plugins.compat import cli_logging
 from fairseq_plugins.data.manifest_io import (
     ManifestError,
     read_lines,
@@ -133,7 +134,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     sp.add_argument("--names", nargs="+", required=True, metavar="ID=NAME",
                     help="new split name per list id, e.g. 1=sid_train 2=sid_valid 3=sid_test")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    cli_logging()
     try:
         if args.command == "phones":
             write_phones(args.manifest_dir, args.splits, args.lexicon, args.keep_stress)
