@@ -449,15 +449,10 @@ def collect(evals: Sequence[Tuple[str, str]]) -> List[Dict]:
 
 def write_report(suite: Suite, out: str, rows: Sequence[Dict], results: Dict[str, Dict], argv: Sequence[str]) -> str:
     """``OUT/<suite>/report.md`` (+ ``tasks.png``): the pooled table, the budget, the wall times, the commands."""
-    from fairseq_plugins.evaluate import pool_seeds, report
+    from fairseq_plugins.evaluate import pool_seeds
 
     sdir = os.path.join(out, suite.name)
-    tasks, recipes, meta = pool_seeds.pool(rows)
-    pooled = [dict(r, upstream=pool_seeds.recipe_of(r["upstream"])[0]) for r in rows]
-    summary = report.summarise(pooled)
-    metrics = {t: (meta[t]["metric"], bool(meta[t]["higher_is_better"])) for t in tasks}
-    figure = os.path.join(sdir, "tasks.png")
-    report.plot_tasks(figure, summary, recipes, tasks, metrics)
+    pool_seeds.write(rows, sdir)  # table.md, table.csv, tasks.png
     with open(os.path.join(sdir, "results.jsonl"), "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
     lines = [f"## {suite.title}", ""]

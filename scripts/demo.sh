@@ -38,9 +38,33 @@ CONTENT_PROBE=${CONTENT_PROBE:-1}
 CORPUS=$OUT/corpus
 MANIFEST=$CORPUS/manifest
 PLUGIN=$REPO/fairseq_plugins
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+# two lines of work share the two cores, one thread each: HuBERT -> LASER -> probes in the foreground; the log-mel
+# floor's probes, SLICER (+ its probes) and SimSiam + recon in the background (shown at steps 7-9)
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 start=$(date +%s)
 step() { printf '\n=== [%4ss] %s\n' "$(( $(date +%s) - start ))" "$*"; }
+SHOW="valid on|done training|Error|error"
+# train WHAT CONFIG_DIR CONFIG_NAME RUN_DIR PATTERN OVERRIDE...: one fairseq-hydra-train run of a config in
+# examples/CONFIG_DIR/config, its log in RUN_DIR/train.log, the log lines matching PATTERN printed; it resumes
+# from RUN_DIR/ckpt/checkpoint_last.pt (and stops at once if that run is complete)
+train() {
+  local what=$1 cdir=$2 cname=$3 dir=$4 pattern=$5
+  shift 5
+  mkdir -p "$dir"
+  "$BIN/fairseq-hydra-train" --config-dir "$REPO/examples/$cdir/config" --config-name "$cname" \
+    checkpoint.save_dir="$dir/ckpt" common.user_dir="$PLUGIN" hydra.run.dir="$dir" "$@" \
+    2>&1 | tee "$dir/train.log" | grep -E "$pattern" || true
+  test "${PIPESTATUS[0]}" -eq 0 || { echo "$what failed: see $dir/train.log"; exit 1; }
+}
+# probe NAME OUT_DIR EVALUATE_ARGS...: python -m fairseq_plugins.evaluate with the demo's probe sets, its log in
+# OUT_DIR.log, its table in OUT_DIR/table.md (not printed here)
+probe() {
+  local what=$1 dir=$2
+  shift 2
+  "$VPY" -m fairseq_plugins.evaluate --manifest-dir "$MANIFEST" --out "$dir" --keyword-dir "$OUT/probe_keywords" \
+    --clip-dir "$OUT/probe_clips" "$@" > /dev/null 2> "$dir.log" \
+    || { tail -20 "$dir.log"; echo "$what failed: see $dir.log"; exit 1; }
+}
 
 step "1/9 mini corpus ($MINUTES min of TTS speech, $SPEAKERS voices) -> $CORPUS"
 if [ -f "$CORPUS/corpus.json" ] && grep -Eq "\"minutes_requested\": $MINUTES(\.0)?," "$CORPUS/corpus.json" 2>/dev/null \
@@ -51,16 +75,33 @@ else
   step "2/9 HuBERT targets: MFCC k-means (50 clusters, 50 Hz)"
   "$VPY" -m manifests.hubert_labels --manifest-dir "$MANIFEST" --splits train valid --n-clusters 50
 fi
+# the keyword (same words, other voices) and procedural clip probe sets (seed 1: not the pre-training clips)
+"$VPY" -m manifests.keywords --out "$OUT/probe_keywords" --seed 1 > /dev/null
+"$VPY" -m manifests.clips --out "$OUT/probe_clips" --seed 1 > /dev/null
+
+# the background line needs no HuBERT: the log-mel floor, SLICER and its probes, SimSiam + recon
+background() {
+  # shellcheck disable=SC2086
+  probe "log-mel probes" "$OUT/eval_logmel" --baselines logmel --tasks "$EVAL_TASKS" --seeds $EVAL_SEEDS
+  [ -f "$OUT/clips/train.tsv" ] || "$VPY" -m manifests.clips --out "$OUT/clips" --seed 0 > /dev/null
+  train "SLICER pre-training" slicer slicer_tiny "$OUT/slicer" "$SHOW" task.data="$MANIFEST" \
+    "task.extra_data=[$OUT/clips]" optimization.max_update="$SLICER_UPDATES"
+  # shellcheck disable=SC2086
+  probe "SLICER probes" "$OUT/slicer_eval" --checkpoints slicer="$OUT/slicer/ckpt/checkpoint_last.pt" \
+    --tasks speaker_id,keyword,clip --seeds $EVAL_SEEDS
+  train "simsiam_recon pre-training" simsiam_recon simsiam_recon_tiny "$OUT/simsiam_recon" "$SHOW" \
+    task.data="$MANIFEST" task.noise_manifest="$MANIFEST/noise.tsv" optimization.max_update="$SIMSIAM_UPDATES"
+}
+background > "$OUT/background.log" 2>&1 &
+BACKGROUND=$!
+trap 'kill $BACKGROUND 2> /dev/null || true' EXIT
+echo "meanwhile on the other core: log-mel probes, SLICER, SimSiam + recon (log: $OUT/background.log)"
 
 step "3/9 pre-train a tiny HuBERT (fairseq hubert_pretraining, $HUBERT_ITERATIONS x $HUBERT_UPDATES updates) -> $OUT/hubert"
-# train_hubert RUN_DIR LABEL_DIR: one HuBERT pre-training run (resumes from RUN_DIR/ckpt/checkpoint_last.pt)
+# train_hubert RUN_DIR LABEL_DIR: one HuBERT pre-training run
 train_hubert() {
-  mkdir -p "$1"
-  "$BIN/fairseq-hydra-train" --config-dir "$REPO/examples/hubert/config" --config-name hubert_tiny \
-    task.data="$MANIFEST" task.label_dir="$2" checkpoint.save_dir="$1/ckpt" \
-    optimization.max_update="$HUBERT_UPDATES" common.user_dir="$PLUGIN" hydra.run.dir="$1" \
-    2>&1 | tee "$1/train.log" | grep -E "valid on|done training|Error|error" || true
-  test "${PIPESTATUS[0]}" -eq 0 || { echo "HuBERT pre-training failed: see $1/train.log"; exit 1; }
+  train "HuBERT pre-training" hubert hubert_tiny "$1" "$SHOW" task.data="$MANIFEST" task.label_dir="$2" \
+    optimization.max_update="$HUBERT_UPDATES"
 }
 train_hubert "$OUT/hubert" "$MANIFEST"
 HUBERT=$OUT/hubert/ckpt/checkpoint_last.pt
@@ -78,13 +119,8 @@ WAV=$(awk -F'\t' 'NR==2 {print $1}' "$MANIFEST/valid.tsv")
   --wav "$(head -1 "$MANIFEST/valid.tsv")/$WAV" 2>/dev/null
 
 step "5/9 LASER fine-tuning of the tiny HuBERT ($LASER_UPDATES updates) -> $OUT/laser"
-mkdir -p "$OUT/laser"
-"$BIN/fairseq-hydra-train" --config-dir "$REPO/examples/laser/config" --config-name laser_hubert_tiny \
-  task.data="$MANIFEST" model.checkpoint="$HUBERT" \
-  checkpoint.save_dir="$OUT/laser/ckpt" optimization.max_update="$LASER_UPDATES" \
-  common.user_dir="$PLUGIN" hydra.run.dir="$OUT/laser" \
-  2>&1 | tee "$OUT/laser/train.log" | grep -E "laser_finetune:|train_inner|valid on|done training|Error|error" || true
-test "${PIPESTATUS[0]}" -eq 0 || { echo "LASER fine-tuning failed: see $OUT/laser/train.log"; exit 1; }
+train "LASER fine-tuning" laser laser_hubert_tiny "$OUT/laser" "laser_finetune:|train_inner|$SHOW" \
+  task.data="$MANIFEST" model.checkpoint="$HUBERT" optimization.max_update="$LASER_UPDATES"
 "$VPY" - "$OUT/laser/train.log" <<'PY'
 import sys
 from fairseq_plugins.laser_report import parse_fairseq_log
@@ -100,22 +136,24 @@ step "6/9 export the tuned backbone as a released-format HuBERT checkpoint + ali
 "$VPY" -m fairseq_plugins.laser_report "$OUT/laser/ckpt/checkpoint_last.pt" --manifest-dir "$MANIFEST" \
   --log "$OUT/laser/train.log" --out "$OUT/laser/laser_alignment.png" 2>/dev/null
 
-step "7/9 probe the frozen checkpoints (seeds $EVAL_SEEDS) -> $OUT/eval"
-# the keyword (same words, other voices) and procedural clip probe sets, built once (seed 1: not the pre-training clips)
-"$VPY" -m manifests.keywords --out "$OUT/probe_keywords" --seed 1 > /dev/null
-"$VPY" -m manifests.clips --out "$OUT/probe_clips" --seed 1 > /dev/null
+step "7/9 probe the frozen checkpoints (seeds $EVAL_SEEDS) -> $OUT/eval, with the log-mel floor -> $OUT/eval_all"
+# HuBERT, its LASER-tuned export and the random init of HuBERT's architecture here; log-mel in the background
 # shellcheck disable=SC2086
-"$VPY" -m fairseq_plugins.evaluate --checkpoints hubert="$HUBERT" \
-  laser="$OUT/laser/hubert_tiny_laser.pt" --manifest-dir "$MANIFEST" --out "$OUT/eval" \
-  --tasks "$EVAL_TASKS" --seeds $EVAL_SEEDS --keyword-dir "$OUT/probe_keywords" --clip-dir "$OUT/probe_clips" \
-  2> "$OUT/eval.log" || { tail -20 "$OUT/eval.log"; exit 1; }
+probe "probes" "$OUT/eval" --checkpoints hubert="$HUBERT" laser="$OUT/laser/hubert_tiny_laser.pt" \
+  --baselines random --tasks "$EVAL_TASKS" --seeds $EVAL_SEEDS
+RESULTS=("$OUT/eval/results.jsonl" "$OUT/eval_logmel/results.jsonl")
 if [ "$CONTENT_PROBE" = 1 ]; then
   # LASER's claim is about content: same-text cross-speaker query-by-example (DTW over one layer's frames; the layer
   # with the best valid MAP is scored on test). No training, so one seed; HuBERT before vs after LASER
-  "$VPY" -m fairseq_plugins.evaluate --checkpoints hubert="$HUBERT" laser="$OUT/laser/hubert_tiny_laser.pt" \
-    --manifest-dir "$MANIFEST" --out "$OUT/eval_content" --tasks content_qbe --seeds 0 --baselines random \
-    --keyword-dir "$OUT/probe_keywords" 2> "$OUT/eval_content.log" | grep -E "^\|( task|---| content)" \
-    || { tail -20 "$OUT/eval_content.log"; exit 1; }
+  probe "content probe" "$OUT/eval_content" --checkpoints hubert="$HUBERT" laser="$OUT/laser/hubert_tiny_laser.pt" \
+    --baselines random --tasks content_qbe --seeds 0
+  RESULTS+=("$OUT/eval_content/results.jsonl")
+fi
+echo "waiting for the background line (log-mel probes, SLICER, SimSiam + recon) ..."
+wait "$BACKGROUND" || { tail -30 "$OUT/background.log"; echo "the background line failed: see $OUT/background.log"; exit 1; }
+trap - EXIT
+"$VPY" -m fairseq_plugins.evaluate.pool_seeds "${RESULTS[@]}" --out "$OUT/eval_all"
+if [ "$CONTENT_PROBE" = 1 ]; then
   "$VPY" - "$OUT/eval_content/results.jsonl" <<'PY'
 import json, sys
 for line in open(sys.argv[1]):
@@ -125,26 +163,12 @@ for line in open(sys.argv[1]):
 PY
 fi
 
-step "8/9 SLICER on speech + procedural non-speech clips ($SLICER_UPDATES updates) and its probes -> $OUT/slicer"
-[ -f "$OUT/clips/train.tsv" ] || "$VPY" -m manifests.clips --out "$OUT/clips" --seed 0 > /dev/null
-mkdir -p "$OUT/slicer"
-"$BIN/fairseq-hydra-train" --config-dir "$REPO/examples/slicer/config" --config-name slicer_tiny \
-  task.data="$MANIFEST" "task.extra_data=[$OUT/clips]" checkpoint.save_dir="$OUT/slicer/ckpt" \
-  optimization.max_update="$SLICER_UPDATES" common.user_dir="$PLUGIN" hydra.run.dir="$OUT/slicer" \
-  2>&1 | tee "$OUT/slicer/train.log" | grep -E "valid on|done training|Error|error" || true
-test "${PIPESTATUS[0]}" -eq 0 || { echo "SLICER pre-training failed: see $OUT/slicer/train.log"; exit 1; }
-# shellcheck disable=SC2086
-"$VPY" -m fairseq_plugins.evaluate --checkpoints slicer="$OUT/slicer/ckpt/checkpoint_last.pt" \
-  --manifest-dir "$MANIFEST" --out "$OUT/slicer_eval" --tasks speaker_id,keyword,clip --seeds $EVAL_SEEDS \
-  --keyword-dir "$OUT/probe_keywords" --clip-dir "$OUT/probe_clips" 2> "$OUT/slicer_eval.log" || { tail -20 "$OUT/slicer_eval.log"; exit 1; }
+step "8/9 SLICER on speech + procedural non-speech clips ($SLICER_UPDATES updates, in the background) -> $OUT/slicer"
+grep -E "$SHOW" "$OUT/slicer/train.log" || true
+cat "$OUT/slicer_eval/table.md"
 
-step "9/9 positive-sample contrast + masked reconstruction (simsiam_recon, $SIMSIAM_UPDATES updates) -> $OUT/simsiam_recon"
-mkdir -p "$OUT/simsiam_recon"
-"$BIN/fairseq-hydra-train" --config-dir "$REPO/examples/simsiam_recon/config" --config-name simsiam_recon_tiny \
-  task.data="$MANIFEST" task.noise_manifest="$MANIFEST/noise.tsv" checkpoint.save_dir="$OUT/simsiam_recon/ckpt" \
-  optimization.max_update="$SIMSIAM_UPDATES" common.user_dir="$PLUGIN" hydra.run.dir="$OUT/simsiam_recon" \
-  2>&1 | tee "$OUT/simsiam_recon/train.log" | grep -E "valid on|done training|Error|error" || true
-test "${PIPESTATUS[0]}" -eq 0 || { echo "simsiam_recon pre-training failed: see $OUT/simsiam_recon/train.log"; exit 1; }
+step "9/9 positive-sample contrast + masked reconstruction (simsiam_recon, $SIMSIAM_UPDATES updates, in the background) -> $OUT/simsiam_recon"
+grep -E "$SHOW" "$OUT/simsiam_recon/train.log" || true
 
 step "done"
 echo "  mini corpus            $CORPUS"
@@ -152,7 +176,7 @@ echo "  tiny HuBERT            $HUBERT   (released-HuBERT format)"
 echo "  LASER run              $OUT/laser/ckpt/checkpoint_last.pt"
 echo "  LASER-tuned HuBERT     $OUT/laser/hubert_tiny_laser.pt   (loads wherever the original loads)"
 echo "  alignment + loss plot  $OUT/laser/laser_alignment.png"
-echo "  probe table + plots    $OUT/eval/table.md, $OUT/eval/tasks.png, $OUT/eval/layer_weights.png"
+echo "  probe table + plots    $OUT/eval_all/table.md, $OUT/eval_all/tasks.png, $OUT/eval/layer_weights.png"
 echo "  content probe          $OUT/eval_content/table.md   (CONTENT_PROBE=1)"
 echo "  SLICER                 $OUT/slicer/ckpt/checkpoint_last.pt, probes: $OUT/slicer_eval/table.md"
 echo "  SimSiam + recon        $OUT/simsiam_recon/ckpt/checkpoint_last.pt"

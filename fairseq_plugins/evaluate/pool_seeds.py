@@ -3,15 +3,18 @@
 ``python -m fairseq_plugins.evaluate`` reports one column per checkpoint, mean ± std over *probe* seeds. When
 the same recipe was pre-trained several times (checkpoint names ``NAME_s1``, ``NAME_s2``, ...), this prints one
 markdown table with one column per ``NAME``: mean ± std over every (pre-training seed, probe seed) pair, and the
-number of pairs. Names without a ``_s<digits>`` suffix (the baselines) stay as they are. Registers nothing.
+number of pairs. Names without a ``_s<digits>`` suffix (the baselines) stay as they are. Several results files
+are read as one (e.g. checkpoints and floors probed by separate runs of the evaluate CLI, as ``make demo`` does);
+``--out DIR`` also writes ``DIR/table.md``, ``table.csv`` and ``tasks.png``. Registers nothing.
 """
 import argparse
 import json
+import os
 import re
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from fairseq_plugins.evaluate.report import markdown_table, summarise
+from fairseq_plugins.evaluate.report import markdown_table, plot_tasks, summarise, write_csv
 
 SEED_SUFFIX = re.compile(r"^(?P<name>.+)_s(?P<seed>\d+)$")
 
@@ -61,24 +64,50 @@ def pool(rows: Sequence[Dict]) -> Tuple[List[str], List[str], Dict[str, Dict]]:
     return tasks, recipes, meta
 
 
-def markdown(rows: Sequence[Dict]) -> str:
-    """The pooled table, written by :func:`fairseq_plugins.evaluate.report.markdown_table` (every row of a
-    recipe, over all its pre-training and probe seeds, is one sample of its cell)."""
+CAPTION = "Test scores in %, mean ± std over pre-training seeds x probe seeds (n = number of pairs)"
+
+
+def _pooled(rows: Sequence[Dict]) -> Tuple[List[str], List[str], Dict, Dict[str, Tuple[str, bool]]]:
+    """-> (tasks, recipes, summary, metrics): every row of a recipe, over all its pre-training and probe seeds,
+    is one sample of its cell."""
     tasks, recipes, meta = pool(rows)
     summary = summarise([dict(r, upstream=recipe_of(r["upstream"])[0]) for r in rows])
     metrics = {t: (meta[t]["metric"], bool(meta[t]["higher_is_better"])) for t in tasks}
-    caption = "Test scores in %, mean ± std over pre-training seeds x probe seeds (n = number of pairs)"
-    return markdown_table(summary, recipes, tasks, metrics, caption=caption, show_n=True, layer_table=False)
+    return tasks, recipes, summary, metrics
+
+
+def markdown(rows: Sequence[Dict]) -> str:
+    """The pooled table, written by :func:`fairseq_plugins.evaluate.report.markdown_table`."""
+    tasks, recipes, summary, metrics = _pooled(rows)
+    return markdown_table(summary, recipes, tasks, metrics, caption=CAPTION, show_n=True, layer_table=False)
+
+
+def write(rows: Sequence[Dict], out_dir: str) -> Dict[str, str]:
+    """Write the pooled ``table.md`` (:func:`markdown`), ``table.csv`` and ``tasks.png`` into ``out_dir``."""
+    tasks, recipes, summary, metrics = _pooled(rows)
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {"markdown": os.path.join(out_dir, "table.md"), "csv": os.path.join(out_dir, "table.csv"),
+             "tasks_plot": os.path.join(out_dir, "tasks.png")}
+    with open(paths["markdown"], "w") as f:
+        f.write(markdown_table(summary, recipes, tasks, metrics, caption=CAPTION, show_n=True, layer_table=False))
+    write_csv(paths["csv"], summary, recipes, tasks, metrics)
+    plot_tasks(paths["tasks_plot"], summary, recipes, tasks, metrics)
+    return paths
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m fairseq_plugins.evaluate.pool_seeds", description=__doc__.split("\n\n")[1],
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("results", help="OUT/results.jsonl of python -m fairseq_plugins.evaluate")
+    parser.add_argument("results", nargs="+", help="OUT/results.jsonl of python -m fairseq_plugins.evaluate (several "
+                        "are read as one)")
+    parser.add_argument("--out", help="also write table.md, table.csv and tasks.png into this directory")
     args = parser.parse_args(argv)
     try:
-        sys.stdout.write(markdown(read_results(args.results)))
+        rows = [row for path in args.results for row in read_results(path)]
+        if args.out:
+            write(rows, args.out)
+        sys.stdout.write(markdown(rows))
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

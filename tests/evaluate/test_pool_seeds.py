@@ -70,3 +70,21 @@ def test_report_table_is_the_one_writer_of_both_tables():
         "| clip | accuracy ↑ | 70.0 ± 14.1 | **71.0** |"
     pooled = markdown_table(summary, ["a"], ["clip"], metrics, caption="X", show_n=True)
     assert pooled.splitlines()[0].startswith("X;") and "70.0 ± 14.1 (n=2)" in pooled
+
+
+def test_several_results_files_read_as_one_and_out_writes_the_table(tmp_path, capsys):
+    """make demo probes its checkpoints and the log-mel floor in two evaluate runs; pool_seeds joins them."""
+    a = write(tmp_path / "a.jsonl", [row("hubert", "clip", 0.8), row("hubert", "clip", 0.6, seed=1)])
+    b = write(tmp_path / "b.jsonl", [row("logmel", "clip", 0.5), row("logmel", "keyword", 0.4)])
+    assert main([a, b, "--out", str(tmp_path / "all")]) == 0
+    printed = capsys.readouterr().out
+    assert "| task | metric | hubert | logmel |" in printed
+    assert "| clip | accuracy ↑ | **70.0 ± 14.1 (n=2)** | 50.0 ± 0.0 (n=1) |" in printed
+    assert "| keyword | accuracy ↑ | – | 40.0 ± 0.0 (n=1) |" in printed
+    assert (tmp_path / "all" / "table.md").read_text() == printed
+    csv_lines = (tmp_path / "all" / "table.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("task,metric,higher_is_better,hubert,hubert std,logmel,logmel std")
+    assert csv_lines[1].startswith("clip,accuracy (%),1,70.000,14.142,50.000,0.000")
+    assert (tmp_path / "all" / "tasks.png").stat().st_size > 1000
+    assert main([a, str(tmp_path / "missing.jsonl")]) == 2  # a missing file is an error, not skipped
+    assert "missing.jsonl" in capsys.readouterr().err
