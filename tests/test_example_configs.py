@@ -19,7 +19,7 @@ import glob
 import os
 import shutil
 import warnings
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
 import pytest
 from fairseq.models import MODEL_DATACLASS_REGISTRY, MODEL_REGISTRY
@@ -72,11 +72,14 @@ def _chain(err: BaseException) -> str:
     return " <- ".join(parts)
 
 
-def compose_example(path: str, overrides: Optional[Dict[str, Any]] = None) -> DictConfig:
+def compose_example(path: str, overrides: Optional[Dict[str, Any]] = None,
+                    cli_overrides: Sequence[str] = ()) -> DictConfig:
     """The config ``fairseq-hydra-train --config-dir DIR --config-name NAME`` would run with, validated.
 
-    ``overrides`` (dotted key -> value) are set on the composed config, as ``key=value`` on the command line
-    would; mandatory values (``???``) still missing after them get a placeholder so that the config resolves.
+    ``cli_overrides`` are command-line override strings, applied by Hydra's own parser as the command line
+    applies them (so ``model.x=1`` for a key the YAML lacks fails as it does there, and ``++model.x=1`` works).
+    ``overrides`` (dotted key -> value) are then set on the composed config; mandatory values (``???``) still
+    missing after them get a placeholder so that the config resolves.
     Raises AssertionError naming the file and, through the exception chain, the offending key.
     """
     from fairseq.dataclass.initialize import add_defaults, hydra_init
@@ -88,7 +91,7 @@ def compose_example(path: str, overrides: Optional[Dict[str, Any]] = None) -> Di
         with warnings.catch_warnings():  # Hydra's deprecation note on schema matching, which fairseq relies on
             warnings.simplefilter("ignore", UserWarning)
             with initialize_config_dir(config_dir=config_dir, job_name="example_configs"):
-                cfg = compose(config_name=name)
+                cfg = compose(config_name=name, overrides=list(cli_overrides))
         for group in GROUPS:
             node = cfg.get(group)
             assert node is not None and node.get("_name"), f"{group}._name is missing"
