@@ -101,9 +101,10 @@ def test_evaluation_cli_names_the_bad_file(mini_corpus, tmp_path):
          os.path.join(mini_corpus, "manifest"), "--out", str(out), "--tasks", "speaker_id", "--seeds", "0",
          "--baselines", "logmel"], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 1, proc.stderr[-3000:]
-    errors = [line.split(" ERROR ", 1)[1] for line in proc.stderr.splitlines() if " ERROR " in line]
+    # fairseq's log format (fairseq_plugins.compat.cli_logging): "TIME | ERROR | LOGGER | MESSAGE"
+    errors = [line.split(" | ERROR | ", 1)[1] for line in proc.stderr.splitlines() if " | ERROR | " in line]
     # one line names the file; the pipeline then says that nothing was written
-    assert errors[0].startswith(f"fairseq_plugins.evaluate: {path} ") and expected in errors[0], proc.stderr
+    assert errors[0].startswith(f"fairseq_plugins.evaluate | {path} ") and expected in errors[0], proc.stderr
     assert len(errors) <= 2 and all(path not in e for e in errors[1:])
     assert "Traceback" not in proc.stderr
 
