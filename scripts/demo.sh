@@ -50,11 +50,13 @@ SHOW="valid on|done training|Error|error"
 train() {
   local what=$1 cdir=$2 cname=$3 dir=$4 pattern=$5
   shift 5
+  local rc=0
   mkdir -p "$dir"
+  # pipefail: the pipeline's status is fairseq's (grep finding nothing is not a failure)
   "$BIN/fairseq-hydra-train" --config-dir "$REPO/examples/$cdir/config" --config-name "$cname" \
     checkpoint.save_dir="$dir/ckpt" common.user_dir="$PLUGIN" hydra.run.dir="$dir" "$@" \
-    2>&1 | tee "$dir/train.log" | grep -E "$pattern" || true
-  test "${PIPESTATUS[0]}" -eq 0 || { echo "$what failed: see $dir/train.log"; exit 1; }
+    2>&1 | tee "$dir/train.log" | { grep -E "$pattern" || true; } || rc=$?
+  [ "$rc" -eq 0 ] || { echo "$what failed (exit $rc): see $dir/train.log"; exit 1; }
 }
 # probe NAME OUT_DIR EVALUATE_ARGS...: python -m fairseq_plugins.evaluate with the demo's probe sets, its log in
 # OUT_DIR.log, its table in OUT_DIR/table.md (not printed here)
@@ -94,7 +96,8 @@ background() {
 }
 background > "$OUT/background.log" 2>&1 &
 BACKGROUND=$!
-trap 'kill $BACKGROUND 2> /dev/null || true' EXIT
+# if this line stops, stop the background line too (its running command first, then the subshell)
+trap 'pkill -P "$BACKGROUND" 2> /dev/null; kill "$BACKGROUND" 2> /dev/null || true' EXIT
 echo "meanwhile on the other core: log-mel probes, SLICER, SimSiam + recon (log: $OUT/background.log)"
 
 step "3/9 pre-train a tiny HuBERT (fairseq hubert_pretraining, $HUBERT_ITERATIONS x $HUBERT_UPDATES updates) -> $OUT/hubert"
