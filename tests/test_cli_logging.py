@@ -47,3 +47,20 @@ def test_no_cli_configures_logging_on_its_own():
                         if re.search(r"logging\.basicConfig\(", fh.read()):
                             offenders.append(os.path.relpath(path, REPO))
     assert offenders == []
+
+
+def test_every_command_line_tool_sets_up_logging():
+    """Every module with a __main__ block calls cli_logging (fairseq_plugins.hydra_train hands over to
+    fairseq-hydra-train, which configures its own); pool_seeds' plot logged matplotlib at DEBUG before."""
+    missing = []
+    for top in ("fairseq_plugins", "manifests", "evidence"):
+        for d, _, files in os.walk(os.path.join(REPO, top)):
+            for f in files:
+                path = os.path.join(d, f)
+                if not f.endswith(".py") or path.endswith(os.path.join("fairseq_plugins", "hydra_train.py")):
+                    continue
+                with open(path) as fh:
+                    text = fh.read()
+                if '__name__ == "__main__"' in text and "cli_logging(" not in text:
+                    missing.append(os.path.relpath(path, REPO))
+    assert missing == []

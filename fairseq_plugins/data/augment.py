@@ -707,7 +707,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--noise-manifest", default=None, help="noise manifest (fairseq TSV) for noise(...)")
     p.add_argument("--rir-manifest", default=None, help="RIR manifest (fairseq TSV) for reverb(...)")
     args = p.parse_args(argv)
-    logging.getLogger("numba").setLevel(logging.WARNING)  # importing fairseq sets the root logger to DEBUG
+    from fairseq_plugins.compat import cli_logging
+
+    cli_logging(logging.WARNING)
     if not args.bench:
         p.print_help()
         return 0

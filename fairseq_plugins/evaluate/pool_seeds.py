@@ -9,11 +9,13 @@ are read as one (e.g. checkpoints and floors probed by separate runs of the eval
 """
 import argparse
 import json
+import logging
 import os
 import re
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from fairseq_plugins.compat import cli_logging
 from fairseq_plugins.evaluate.report import markdown_table, plot_tasks, summarise, write_csv
 
 SEED_SUFFIX = re.compile(r"^(?P<name>.+)_s(?P<seed>\d+)$")
@@ -103,6 +105,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                         "are read as one)")
     parser.add_argument("--out", help="also write table.md, table.csv and tasks.png into this directory")
     args = parser.parse_args(argv)
+    cli_logging(logging.WARNING)  # the plot's matplotlib would log at DEBUG under fairseq's root logger
     try:
         rows = [row for path in args.results for row in read_results(path)]
         if args.out:
