@@ -12,7 +12,7 @@
 #   9. pre-train a tiny SimSiam + masked-reconstruction model on two augmented views (multiview task)
 # Re-running resumes: fairseq continues from checkpoint_last.pt and stops at once if it is complete.
 # Environment: DEMO_OUT (default demo_out), DEMO_MINUTES (corpus size, default 10), DEMO_SPEAKERS (voices,
-# default 48: 12 held out for verification), HUBERT_UPDATES (per iteration, default 600), HUBERT_ITERATIONS (1 or 2,
+# default 48: 12 held out for verification), HUBERT_UPDATES (per iteration, default 1200), HUBERT_ITERATIONS (1 or 2,
 # default 1), HUBERT_ITER2_LAYER (default 2), LASER_UPDATES (default 60), SLICER_UPDATES (default 100),
 # SIMSIAM_UPDATES (default 300), EVAL_SEEDS (default "0 1 2"), EVAL_TASKS (default: all probes but phone_ctc and
 # content_qbe), CONTENT_PROBE (default 1: content_qbe of HuBERT before / after LASER, one seed).
@@ -23,7 +23,7 @@ BIN=$(dirname "$VPY")
 OUT=$(mkdir -p "${DEMO_OUT:-$REPO/demo_out}" && cd "${DEMO_OUT:-$REPO/demo_out}" && pwd)
 MINUTES=${DEMO_MINUTES:-10}
 SPEAKERS=${DEMO_SPEAKERS:-48}
-HUBERT_UPDATES=${HUBERT_UPDATES:-600}
+HUBERT_UPDATES=${HUBERT_UPDATES:-1200}
 HUBERT_ITERATIONS=${HUBERT_ITERATIONS:-1}
 HUBERT_ITER2_LAYER=${HUBERT_ITER2_LAYER:-2}
 case "$HUBERT_ITERATIONS" in 1|2) ;; *) echo "HUBERT_ITERATIONS=$HUBERT_ITERATIONS: expected 1 or 2"; exit 2;; esac
