@@ -97,7 +97,9 @@ keys = SpanMaskKeys(1).next(True, 5)
 mask = seeded_span_mask((4, 100), None, 0.3, 5, keys + (TIME,), min_masks=2).to(torch.uint8)
 masks = [torch.zeros_like(mask) for _ in range(2)]
 dist.all_gather(masks, mask)
-print("rank", keys[2], "same" if torch.equal(masks[0], masks[1]) else "different")
+print("rank", keys[2], "same" if torch.equal(masks[0], masks[1]) else "different", flush=True)
+dist.barrier()  # leave together: a rank exiting while the other still holds the connection can abort gloo
+dist.destroy_process_group()
 """
 
 
