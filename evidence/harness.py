@@ -452,7 +452,7 @@ def write_report(suite: Suite, out: str, rows: Sequence[Dict], results: Dict[str
     from fairseq_plugins.evaluate import pool_seeds
 
     sdir = os.path.join(out, suite.name)
-    pool_seeds.write(rows, sdir)  # table.md, table.csv, tasks.png
+    table = pool_seeds.write(rows, sdir)  # table.md, table.csv, tasks.png
     with open(os.path.join(sdir, "results.jsonl"), "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
     lines = [f"## {suite.title}", ""]
@@ -461,7 +461,7 @@ def write_report(suite: Suite, out: str, rows: Sequence[Dict], results: Dict[str
     lines += [f"Machine: {machine()}. Date: {datetime.date.today().isoformat()}. Commit: {_commit()}. "
               f"Pre-training seeds {' '.join(map(str, suite.seeds))}; probe seeds "
               f"{' '.join(map(str, suite.probe_seeds))}.", "",
-              pool_seeds.markdown(rows).rstrip(), "",
+              table.rstrip(), "",
               "| run | config | updates | overrides | train wall time per seed (s; the last part of a resumed run) |",
               "|---|---|---|---|---|"]
     for run in suite.runs:

@@ -78,23 +78,26 @@ def _pooled(rows: Sequence[Dict]) -> Tuple[List[str], List[str], Dict, Dict[str,
     return tasks, recipes, summary, metrics
 
 
-def markdown(rows: Sequence[Dict]) -> str:
-    """The pooled table, written by :func:`fairseq_plugins.evaluate.report.markdown_table`."""
-    tasks, recipes, summary, metrics = _pooled(rows)
+def _markdown(tasks, recipes, summary, metrics) -> str:
     return markdown_table(summary, recipes, tasks, metrics, caption=CAPTION, show_n=True, layer_table=False)
 
 
-def write(rows: Sequence[Dict], out_dir: str) -> Dict[str, str]:
-    """Write the pooled ``table.md`` (:func:`markdown`), ``table.csv`` and ``tasks.png`` into ``out_dir``."""
+def markdown(rows: Sequence[Dict]) -> str:
+    """The pooled table, written by :func:`fairseq_plugins.evaluate.report.markdown_table`."""
+    return _markdown(*_pooled(rows))
+
+
+def write(rows: Sequence[Dict], out_dir: str) -> str:
+    """Write the pooled ``table.md`` (:func:`markdown`), ``table.csv`` and ``tasks.png`` into ``out_dir``;
+    returns the markdown."""
     tasks, recipes, summary, metrics = _pooled(rows)
+    text = _markdown(tasks, recipes, summary, metrics)
     os.makedirs(out_dir, exist_ok=True)
-    paths = {"markdown": os.path.join(out_dir, "table.md"), "csv": os.path.join(out_dir, "table.csv"),
-             "tasks_plot": os.path.join(out_dir, "tasks.png")}
-    with open(paths["markdown"], "w") as f:
-        f.write(markdown_table(summary, recipes, tasks, metrics, caption=CAPTION, show_n=True, layer_table=False))
-    write_csv(paths["csv"], summary, recipes, tasks, metrics)
-    plot_tasks(paths["tasks_plot"], summary, recipes, tasks, metrics)
-    return paths
+    with open(os.path.join(out_dir, "table.md"), "w") as f:
+        f.write(text)
+    write_csv(os.path.join(out_dir, "table.csv"), summary, recipes, tasks, metrics)
+    plot_tasks(os.path.join(out_dir, "tasks.png"), summary, recipes, tasks, metrics)
+    return text
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -108,9 +111,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     cli_logging(logging.WARNING)  # the plot's matplotlib would log at DEBUG under fairseq's root logger
     try:
         rows = [row for path in args.results for row in read_results(path)]
-        if args.out:
-            write(rows, args.out)
-        sys.stdout.write(markdown(rows))
+        sys.stdout.write(write(rows, args.out) if args.out else markdown(rows))
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
